@@ -1,0 +1,3 @@
+from triosrv._cli import main
+
+main()

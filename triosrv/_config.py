@@ -1,0 +1,207 @@
+"""Configuration: frozen, keyword-only attrs classes, validated on construction.
+
+Nothing here does I/O. Bind strings are parsed into :class:`BindSpec` so that a typo
+fails when the config is built, not when the server starts. Every bad value raises
+:class:`~triosrv.ConfigError` naming the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import attrs
+
+from ._errors import ConfigError
+
+OVERLOAD_MODES = ("wait", "reject")
+HANDLER_ERROR_MODES = ("log", "raise")
+
+
+def _seconds(field: str) -> Any:
+    def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        ok = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        )
+        if not ok:
+            raise ConfigError(
+                f"{field}: expected a positive number of seconds or None, got {value!r}"
+            )
+
+    return check
+
+
+def _positive_int(field: str, maximum: int | None = None) -> Any:
+    def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{field}: expected a positive integer, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{field}: expected at most {maximum}, got {value!r}")
+
+    return check
+
+
+def _one_of(field: str, allowed: tuple[str, ...]) -> Any:
+    def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+        if value not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{field}: expected one of {choices}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """Per-connection deadlines, in seconds; ``None`` disables one.
+
+    - ``idle``: how long one receive may wait for bytes (:class:`~triosrv.IdleTimeout`).
+    - ``write``: how long one send may wait for the peer to take bytes, i.e. a peer that
+      stopped reading (:class:`~triosrv.WriteTimeout`). Progress restarts the clock.
+    - ``lifetime``: how long a connection may live at all
+      (:class:`~triosrv.LifetimeTimeout`).
+    - ``handshake``: the TLS handshake and the PROXY header
+      (:class:`~triosrv.HandshakeTimeout`).
+    - ``grace``: how long :meth:`Server.shutdown` lets running connections finish
+      before it cancels them.
+    """
+
+    idle: float | None = attrs.field(default=60.0, validator=_seconds("idle"))
+    write: float | None = attrs.field(default=60.0, validator=_seconds("write"))
+    lifetime: float | None = attrs.field(default=None, validator=_seconds("lifetime"))
+    handshake: float | None = attrs.field(default=10.0, validator=_seconds("handshake"))
+    grace: float | None = attrs.field(default=10.0, validator=_seconds("grace"))
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Admission and buffer limits.
+
+    - ``max_connections``: connections served at once.
+    - ``overload``: what happens to connection ``max_connections + 1``. ``"wait"`` stops
+      accepting, so newcomers wait in the kernel's backlog (backpressure); ``"reject"``
+      accepts and closes them at once, and counts them in ``rejected``.
+    - ``recv_size``: the most bytes one receive asks the kernel for.
+    """
+
+    max_connections: int = attrs.field(default=1000, validator=_positive_int("max_connections"))
+    overload: Literal["wait", "reject"] = attrs.field(
+        default="wait", validator=_one_of("overload", OVERLOAD_MODES)
+    )
+    recv_size: int = attrs.field(
+        default=65536, validator=_positive_int("recv_size", maximum=16 * 1024 * 1024)
+    )
+
+
+@attrs.frozen
+class BindSpec:
+    """One parsed bind string: ``kind`` is ``"tcp"`` (host, port) or ``"unix"`` (path)."""
+
+    kind: Literal["tcp", "unix"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def parse_bind(text: str) -> BindSpec:
+    """Parse ``HOST:PORT``, ``[V6ADDR]:PORT`` or ``unix:PATH``.
+
+    Raises :class:`~triosrv.ConfigError` with the accepted forms.
+    """
+    forms = "expected HOST:PORT, [V6ADDR]:PORT or unix:PATH"
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"binds: {forms}, got {text!r}")
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path or "\0" in path:
+            raise ConfigError(f"binds: unix: needs a path, got {text!r}")
+        return BindSpec("unix", path=path)
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ConfigError(f"binds: {forms}, got {text!r}")
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ConfigError(f"binds: {host!r} is not an IPv6 address in {text!r}") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ConfigError(f"binds: {forms}, got {text!r}")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"binds: port must be 0..65535, got {port_text!r} in {text!r}")
+    return BindSpec("tcp", host=host, port=int(port_text))
+
+
+def _to_binds(value: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _check_binds(_inst: object, _attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for text in value:
+        parse_bind(text)
+    if len(set(value)) != len(value):
+        raise ConfigError(f"binds: each address may appear once, got {list(value)!r}")
+
+
+def _check_backlog(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _positive_int("backlog", maximum=65535)(_inst, _attr, value)
+
+
+def _check_mode(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ConfigError(f"unix_mode: expected a file mode 0..0o777, got {value!r}")
+
+
+def _of_type(field: str, kind: type) -> Any:
+    def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, kind):
+            raise ConfigError(f"{field}: expected a {kind.__name__}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Everything :func:`triosrv.serve` needs to know, validated when built.
+
+    ``binds`` may be empty: the server then only serves streams handed to it with
+    :meth:`Server.serve_stream` (useful in tests). ``backlog=None`` lets the kernel use
+    its maximum (``net.core.somaxconn``). ``unix_mode`` is the file mode of Unix socket
+    files. ``handler_errors="log"`` isolates handler crashes; ``"raise"`` lets them
+    crash the server, as trio would.
+
+    Use :func:`attrs.evolve` to derive a variant.
+    """
+
+    binds: tuple[str, ...] = attrs.field(
+        default=("127.0.0.1:8888",), converter=_to_binds, validator=_check_binds
+    )
+    backlog: int | None = attrs.field(default=None, validator=_check_backlog)
+    timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_of_type("timeouts", Timeouts))
+    limits: Limits = attrs.field(factory=Limits, validator=_of_type("limits", Limits))
+    handler_errors: Literal["log", "raise"] = attrs.field(
+        default="log", validator=_one_of("handler_errors", HANDLER_ERROR_MODES)
+    )
+    unix_mode: int = attrs.field(default=0o600, validator=_check_mode)
+
+    @property
+    def bind_specs(self) -> tuple[BindSpec, ...]:
+        """The parsed ``binds``."""
+        return tuple(parse_bind(b) for b in self.binds)

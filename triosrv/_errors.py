@@ -1,0 +1,63 @@
+"""The exception types of triosrv.
+
+Every timeout a connection can hit derives from :class:`ConnectionTimeout` and carries
+its ``kind`` ("idle", "write", "lifetime", "handshake"), so the server can count them
+per kind with one ``except`` clause.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed.
+
+    The message names the field and what it accepts, in one line, so the CLI can print
+    it as it is.
+    """
+
+
+class BindError(OSError):
+    """A listening socket could not be opened (address in use, permission, bad host).
+
+    ``str(exc)`` is one line such as ``cannot bind 127.0.0.1:8888: address already in use``.
+    """
+
+
+class ConnectionTimeout(Exception):
+    """Base class of the per-connection timeouts; ``kind`` names which one fired."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = seconds
+        detail = f" after {seconds:g} s" if seconds is not None else ""
+        super().__init__(f"{self.kind} timeout{detail}")
+
+
+class IdleTimeout(ConnectionTimeout):
+    """A receive waited longer than ``Timeouts.idle`` for bytes from the peer."""
+
+    kind = "idle"
+
+
+class WriteTimeout(ConnectionTimeout):
+    """A send waited longer than ``Timeouts.write`` for the peer to take our bytes."""
+
+    kind = "write"
+
+
+class LifetimeTimeout(ConnectionTimeout):
+    """The connection lived longer than ``Timeouts.lifetime``."""
+
+    kind = "lifetime"
+
+
+class HandshakeTimeout(ConnectionTimeout):
+    """The TLS handshake or PROXY header took longer than ``Timeouts.handshake``."""
+
+    kind = "handshake"
+
+
+TIMEOUT_KINDS: tuple[str, ...] = ("idle", "write", "lifetime", "handshake")

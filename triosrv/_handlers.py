@@ -1,0 +1,92 @@
+"""Connection handlers: sans-IO protocols driven over a Connection, and handler lookup."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+
+from ._connection import Connection
+from .protocols import Chargen, Daytime, Discard, Echo, Protocol
+
+Handler = Callable[[Connection], Awaitable[object]]
+
+# The most one send hands the kernel. Larger sends only sit in our memory while the
+# peer is slow; 64 KiB keeps a connection's footprint flat.
+SEND_SIZE = 65536
+
+
+def protocol_handler(factory: Callable[[], Protocol]) -> Handler:
+    """Turn a sans-IO protocol factory into a connection handler.
+
+    For each connection the handler makes one protocol with ``factory()`` and drives
+    it: it sends whatever the protocol has to send; when there is nothing and the
+    protocol asks to close, it returns (the server then closes the connection);
+    otherwise it receives one chunk and passes it on (``b""`` at the peer's EOF).
+    Timeouts and peer resets end the loop as exceptions, which the server counts.
+    """
+
+    async def handle(conn: Connection) -> None:
+        protocol = factory()
+        data_to_send = protocol.data_to_send
+        receive_data = protocol.receive_data
+        send_all = conn.send_all
+        receive_some = conn.receive_some
+        while True:
+            out = data_to_send(SEND_SIZE)
+            if out:
+                await send_all(out)
+            elif protocol.close_after_flush:
+                return
+            else:
+                receive_data(await receive_some())
+
+    handle.__name__ = handle.__qualname__ = f"protocol_handler({_name(factory)})"
+    return handle
+
+
+def _name(obj: object) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def _daytime_now() -> Daytime:
+    return Daytime(datetime.datetime.now(datetime.UTC))
+
+
+BUILTIN_HANDLERS: dict[str, Handler] = {
+    "echo": protocol_handler(Echo),
+    "discard": protocol_handler(Discard),
+    "chargen": protocol_handler(Chargen),
+    "daytime": protocol_handler(_daytime_now),
+}
+
+
+def load_handler(spec: str) -> Handler:
+    """A built-in handler by name, or ``module:callable`` for the user's own.
+
+    The callable is an async function taking a Connection, or a
+    :class:`~triosrv.protocols.Protocol` subclass (wrapped with
+    :func:`protocol_handler`). Raises ValueError with a one-line reason.
+    """
+    if spec in BUILTIN_HANDLERS:
+        return BUILTIN_HANDLERS[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        names = ", ".join(BUILTIN_HANDLERS)
+        raise ValueError(f"expected one of {names}, or module:callable, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    obj: object = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no attribute {attr!r}") from None
+    if isinstance(obj, type) and issubclass(obj, Protocol):
+        return protocol_handler(obj)
+    if inspect.iscoroutinefunction(obj):
+        return obj  # checked above: an async function
+    raise ValueError(f"{spec!r} is neither an async function nor a Protocol subclass")

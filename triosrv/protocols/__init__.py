@@ -1,0 +1,24 @@
+"""Sans-IO byte protocols: bytes in, bytes out, no sockets, no tasks, no clock.
+
+See :mod:`triosrv.protocols._base` for the contract and the driver loop every protocol
+runs under.
+"""
+
+from __future__ import annotations
+
+from ._base import Protocol, ProtocolFactory
+from ._chargen import CHARGEN_LINE_LENGTH, Chargen, chargen_line
+from ._daytime import Daytime
+from ._discard import Discard
+from ._echo import Echo
+
+__all__ = [
+    "CHARGEN_LINE_LENGTH",
+    "Chargen",
+    "Daytime",
+    "Discard",
+    "Echo",
+    "Protocol",
+    "ProtocolFactory",
+    "chargen_line",
+]
