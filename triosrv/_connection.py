@@ -29,6 +29,7 @@ Two flavours share the interface:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 from typing import TYPE_CHECKING
@@ -38,6 +39,8 @@ import trio
 from ._errors import ConnectionTimeout, IdleTimeout, LifetimeTimeout, WriteTimeout
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from trio.lowlevel import Task
 
     from ._config import Timeouts
@@ -90,6 +93,8 @@ class Connection(trio.abc.HalfCloseableStream):
         self.draining = False
         self.started_at = trio.current_time()
         self._recv_size = recv_size
+        self._receiving = False
+        self._sending = False
         self._waiting = NOT_WAITING
         self._waiting_since = 0.0
         self._expired: str | None = None
@@ -138,43 +143,64 @@ class Connection(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive at most ``max_bytes`` (default ``Limits.recv_size``); ``b""`` at EOF."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving")
+        self._receiving = True
         self._waiting_since = trio.current_time()
         self._waiting = RECEIVING
         try:
-            data = await self.stream.receive_some(max_bytes or self._recv_size)
+            data = await self.stream.receive_some(
+                self._recv_size if max_bytes is None else max_bytes
+            )
         except trio.Cancelled:
             if self._expired is not None:
                 raise self._timeout_error() from None
             raise
         finally:
             self._waiting = NOT_WAITING
+            self._receiving = False
         self.bytes_received += len(data)
         return bytes(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``; a wait longer than ``write`` raises WriteTimeout."""
-        self._waiting_since = trio.current_time()
-        self._waiting = SENDING
-        try:
-            await self.stream.send_all(data)
-        except trio.Cancelled:
-            if self._expired is not None:
-                raise self._timeout_error() from None
-            raise
-        finally:
-            self._waiting = NOT_WAITING
+        with self._send_guard():
+            self._waiting_since = trio.current_time()
+            self._waiting = SENDING
+            try:
+                await self.stream.send_all(data)
+            except trio.Cancelled:
+                if self._expired is not None:
+                    raise self._timeout_error() from None
+                raise
+            finally:
+                self._waiting = NOT_WAITING
         self.bytes_sent += len(data)
+
+    @contextlib.contextmanager
+    def _send_guard(self) -> Iterator[None]:
+        # The Stream contract: two tasks sending at once is a BusyResourceError, even
+        # when the wrapped stream would not notice (trio's lockstep streams don't).
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            yield
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until a send would probably not block (see trio's Stream docs)."""
-        await self.stream.wait_send_all_might_not_block()
+        with self._send_guard():
+            await self.stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
         """Close our sending side (TCP FIN); the peer's receive then returns ``b""``."""
         stream = self.stream
         if not isinstance(stream, trio.abc.HalfCloseableStream):
             raise TypeError(f"{type(stream).__name__} cannot send EOF")
-        await stream.send_eof()
+        with self._send_guard():
+            await stream.send_eof()
 
     async def aclose(self) -> None:
         """Close the connection (idempotent)."""
@@ -206,8 +232,6 @@ class SocketConnection(Connection):
         self.sock = sock
         self._closed = False
         self._eof_sent = False
-        self._receiving = False
-        self._sending = False
         # ``stream`` is kept for code that expects one; the fast path never uses it.
         super().__init__(_NoStream(), peer=peer, local=local, id=id, recv_size=recv_size)
 

@@ -61,3 +61,14 @@ class HandshakeTimeout(ConnectionTimeout):
 
 
 TIMEOUT_KINDS: tuple[str, ...] = ("idle", "write", "lifetime", "handshake")
+
+
+def lone_exception(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The one ``kind`` exception inside (nested) exception groups, or None.
+
+    Nurseries wrap what their tasks raise; a caller that wants to report, say, a
+    BindError as one line needs it back when it is the only thing that went wrong.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, kind) else None

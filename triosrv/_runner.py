@@ -11,6 +11,7 @@ import time
 import trio
 
 from ._config import ServerConfig
+from ._errors import BindError, lone_exception
 from ._server import Handler, Server, serve
 
 logger = logging.getLogger("triosrv")
@@ -52,13 +53,19 @@ async def serve_until_signalled(handler: Handler, config: ServerConfig) -> Serve
     Raises :class:`~triosrv.BindError` if a bind fails.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(serve, handler, config)
-            for address in server.addresses:
-                logger.info("listening on %s", address)
-            nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
-            await server.wait_closed()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                server: Server = await nursery.start(serve, handler, config)
+                for address in server.addresses:
+                    logger.info("listening on %s", address)
+                nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
+                await server.wait_closed()
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            bind_error = lone_exception(group, BindError)
+            if bind_error is None:
+                raise
+            raise bind_error from None
     stats = server.statistics()
     logger.info(
         "stopped: %d connection(s) served, %d rejected, %d handler error(s)",

@@ -187,6 +187,9 @@ class Server:
                     else:  # shutdown() was called before we got here
                         listen_nursery.cancel_scope.cancel()
                     task_status.started(self)
+                    # Serving lasts until shutdown() cancels this scope, even with no
+                    # listener at all (a server fed only through add_stream()).
+                    await trio.sleep_forever()
                 self._close_listeners()
                 await self._drain()
                 conn_nursery.cancel_scope.cancel()

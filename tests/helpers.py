@@ -1,0 +1,84 @@
+"""Test helpers: start a server on loopback, talk to it as a client."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import trio
+
+import triosrv
+from triosrv._errors import lone_exception
+from triosrv._server import Handler
+
+from .conftest import triosrv_tasks
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    handler: Handler | str = "echo", **config: Any
+) -> AsyncIterator[triosrv.Server]:
+    """Serve on 127.0.0.1:0; on exit shut down (grace 0), wait, check no task is left."""
+    if isinstance(handler, str):
+        handler = triosrv.load_handler(handler)
+    config.setdefault("binds", ["127.0.0.1:0"])
+    cfg = triosrv.ServerConfig(**config)
+    try:
+        async with trio.open_nursery() as nursery:
+            server: triosrv.Server = await nursery.start(triosrv.serve, handler, cfg)
+            try:
+                yield server
+            finally:
+                server.shutdown(grace=0)
+                await server.wait_closed()
+    except BaseExceptionGroup as group:  # report a lone failure as itself
+        lone = lone_exception(group, Exception)
+        if lone is None:
+            raise
+        raise lone from None
+    assert server.state == "closed"
+    assert triosrv_tasks() == []
+
+
+def tcp_port(server: triosrv.Server) -> int:
+    return int(server.addresses[0].rsplit(":", 1)[1])
+
+
+async def connect(server: triosrv.Server) -> trio.SocketStream:
+    return await trio.open_tcp_stream("127.0.0.1", tcp_port(server))
+
+
+async def echo_exchange(
+    server: triosrv.Server, payload: bytes, *, half_close: bool, chunk: int = 65536
+) -> bytes:
+    """Send ``payload`` while reading the echo; return what came back."""
+    received = bytearray()
+    async with await connect(server) as stream:
+
+        async def send() -> None:
+            view = memoryview(payload)
+            for start in range(0, len(payload), chunk):
+                await stream.send_all(view[start : start + chunk])
+            if half_close:
+                await stream.send_eof()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            while half_close or len(received) < len(payload):
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                received += data
+    return bytes(received)
+
+
+def random_payload(rng: random.Random, max_size: int) -> bytes:
+    return rng.randbytes(rng.randint(1, max_size))
+
+
+@attrs.define
+class Counter:
+    value: int = 0

@@ -1,0 +1,230 @@
+"""Connection: the stream contract, counters, and the three timeouts on virtual time."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+import triosrv
+from triosrv import Connection, ServerConfig, SocketConnection, Timeouts
+from triosrv._listeners import configure_accepted
+
+# -- the stream contract ---------------------------------------------------------
+
+
+async def memory_connection_pair() -> tuple[Connection, Connection]:
+    left, right = trio.testing.memory_stream_pair()
+    return Connection(left, peer="a"), Connection(right, peer="b")
+
+
+async def lockstep_connection_pair() -> tuple[Connection, Connection]:
+    left, right = trio.testing.lockstep_stream_pair()
+    return Connection(left), Connection(right)
+
+
+async def test_connection_passes_trio_half_closeable_stream_checks() -> None:
+    await trio.testing.check_half_closeable_stream(memory_connection_pair, lockstep_connection_pair)
+
+
+def _socket_connection_pair() -> tuple[SocketConnection, SocketConnection]:
+    """A connected TCP pair on loopback, set up as the server sets up its sockets."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    for sock in (a, b):
+        configure_accepted(sock)
+    return SocketConnection(a), SocketConnection(b)
+
+
+async def socket_connection_pair() -> tuple[SocketConnection, SocketConnection]:
+    return _socket_connection_pair()
+
+
+async def clogged_socket_connection_pair() -> tuple[SocketConnection, SocketConnection]:
+    left, right = _socket_connection_pair()
+    for sock in (left.sock, right.sock):  # fill both directions: the next send blocks
+        for size in (65536, 4096, 1):
+            while True:
+                try:
+                    sock.send(b"x" * size)
+                except BlockingIOError:
+                    break
+    return left, right
+
+
+async def test_socket_connection_passes_trio_half_closeable_stream_checks() -> None:
+    await trio.testing.check_half_closeable_stream(
+        socket_connection_pair, clogged_socket_connection_pair
+    )
+
+
+async def test_connection_counts_bytes_and_iterates_chunks() -> None:
+    a, b = await memory_connection_pair()
+    await a.send_all(b"hello")
+    await a.send_eof()
+    chunks = [chunk async for chunk in b]
+    assert b"".join(chunks) == b"hello"
+    assert (a.bytes_sent, b.bytes_received) == (5, 5)
+    await a.aclose()
+    await b.aclose()
+
+
+# -- timeouts, on the mock clock, through a server over memory streams ------------
+
+
+def handler_recording(outcomes: list[object]) -> triosrv._server.Handler:
+    async def handler(conn: Connection) -> None:
+        try:
+            async for chunk in conn:
+                await conn.send_all(chunk)
+        except triosrv.ConnectionTimeout as exc:
+            outcomes.append((type(exc), trio.current_time() - conn.started_at))
+            raise
+
+    return handler
+
+
+async def open_memory_server(
+    nursery: trio.Nursery, handler: triosrv._server.Handler, **timeouts: float | None
+) -> triosrv.Server:
+    config = ServerConfig(binds=(), timeouts=Timeouts(**timeouts))  # type: ignore[arg-type]
+    return await nursery.start(triosrv.serve, handler, config)  # type: ignore[no-any-return]
+
+
+async def connect(server: triosrv.Server) -> trio.abc.HalfCloseableStream:
+    client, server_end = trio.testing.memory_stream_pair()
+    await server.add_stream(server_end, peer="client")
+    return client
+
+
+async def test_idle_timeout_fires_after_idle_seconds(autojump_clock: trio.abc.Clock) -> None:
+    outcomes: list[object] = []
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, handler_recording(outcomes), idle=5.0)
+        client = await connect(server)
+        await client.send_all(b"ping")
+        assert await client.receive_some() == b"ping"
+        start = trio.current_time()
+        assert await client.receive_some() == b""  # the server closed us
+        assert trio.current_time() - start == pytest.approx(5.0, abs=0.01)
+        assert outcomes and outcomes[0][0] is triosrv.IdleTimeout  # type: ignore[index]
+        assert server.statistics().timeouts["idle"] == 1
+        server.shutdown()
+    await client.aclose()
+
+
+async def test_idle_timeout_is_restarted_by_traffic(autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, handler_recording([]), idle=5.0)
+        client = await connect(server)
+        for _ in range(10):  # 10 x 4 s of activity: 40 s, never 5 s idle
+            await trio.sleep(4)
+            await client.send_all(b"x")
+            assert await client.receive_some() == b"x"
+        assert server.statistics().timeouts["idle"] == 0
+        start = trio.current_time()
+        assert await client.receive_some() == b""
+        assert trio.current_time() - start == pytest.approx(5.0, abs=0.01)
+        server.shutdown()
+    await client.aclose()
+
+
+async def test_write_timeout_fires_when_peer_stops_reading(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    outcomes: list[object] = []
+
+    async def flood(conn: Connection) -> None:
+        try:
+            while True:
+                await conn.send_all(b"x" * 1000)
+        except triosrv.WriteTimeout as exc:
+            outcomes.append(exc)
+            raise
+
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, flood, idle=None, write=3.0)
+        client, server_end = trio.testing.lockstep_stream_pair()
+        await server.add_stream(server_end)
+        await client.receive_some(10)
+        start = trio.current_time()
+        await trio.sleep(100)
+        assert len(outcomes) == 1
+        assert server.statistics().timeouts == {
+            "idle": 0,
+            "write": 1,
+            "lifetime": 0,
+            "handshake": 0,
+        }
+        assert server.statistics().active == 0
+        assert str(outcomes[0]) == "write timeout after 3 s"
+        del start
+        server.shutdown()
+    await client.aclose()
+
+
+async def test_lifetime_timeout_cancels_a_busy_connection(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    ended: list[float] = []
+
+    async def busy(conn: Connection) -> None:
+        try:
+            await trio.sleep_forever()  # not in a receive or send: plain cancellation
+        finally:
+            ended.append(trio.current_time() - conn.started_at)
+
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, busy, lifetime=7.0)
+        client = await connect(server)
+        assert await client.receive_some() == b""
+        assert ended == [pytest.approx(7.0, abs=0.01)]
+        assert server.statistics().timeouts["lifetime"] == 1
+        server.shutdown()
+    await client.aclose()
+
+
+async def test_lifetime_timeout_raises_in_a_pending_receive(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    outcomes: list[object] = []
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, handler_recording(outcomes), lifetime=7.0)
+        client = await connect(server)
+        for _ in range(6):  # traffic keeps idle away; lifetime still ends it at 7 s
+            await client.send_all(b"x")
+            await client.receive_some()
+            await trio.sleep(1)
+        assert await client.receive_some() == b""
+        assert outcomes == [(triosrv.LifetimeTimeout, pytest.approx(7.0, abs=0.01))]
+        server.shutdown()
+    await client.aclose()
+
+
+async def test_no_timeouts_means_waiting_forever(autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, handler_recording([]), idle=None, write=None)
+        client = await connect(server)
+        await trio.sleep(10_000)
+        assert server.statistics().active == 1
+        server.shutdown(grace=0)
+    await client.aclose()
+
+
+async def test_timeout_kinds_are_connection_timeouts() -> None:
+    for cls, kind in [
+        (triosrv.IdleTimeout, "idle"),
+        (triosrv.WriteTimeout, "write"),
+        (triosrv.LifetimeTimeout, "lifetime"),
+        (triosrv.HandshakeTimeout, "handshake"),
+    ]:
+        assert issubclass(cls, triosrv.ConnectionTimeout)
+        assert cls.kind == kind
+
+
+async def _noop() -> AsyncIterator[None]:  # pragma: no cover - keeps mypy's import used
+    yield
