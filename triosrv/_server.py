@@ -25,6 +25,7 @@ from typing import Literal
 import attrs
 import trio
 
+from ._accept import RESOURCE_ERRNOS, FdReserve
 from ._config import ServerConfig
 from ._connection import Connection, SocketConnection
 from ._deadlines import DeadlineKeeper
@@ -35,9 +36,7 @@ logger = logging.getLogger("triosrv")
 
 Handler = Callable[[Connection], Awaitable[object]]
 
-# Accept errors that mean "out of resources right now": pause and retry. Anything
-# else is a bug or a dead socket and propagates (the same list as trio's).
-RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# After an out-of-resources accept error, how long the accept loop rests.
 ACCEPT_PAUSE = 0.1
 # How many connections one accept loop takes from the kernel before it lets other
 # tasks run. Taking the whole queue in one go is what makes a burst of 1000 clients
@@ -61,6 +60,8 @@ class ServerStatistics:
     bytes_received: int
     bytes_sent: int
     accept_errors: int
+    #: Connections accepted and closed at once while out of fds (see ``_accept.py``).
+    shed: int
 
 
 class Server:
@@ -78,7 +79,8 @@ class Server:
         self._keeper = DeadlineKeeper(config.timeouts, self._live)
         self._next_id = 0
         self._peak = self._accepted = self._rejected = self._completed = 0
-        self._handler_errors = self._broken = self._accept_errors = 0
+        self._handler_errors = self._broken = self._accept_errors = self._shed = 0
+        self._reserve: FdReserve | None = None
         self._closed_bytes_in = self._closed_bytes_out = 0
         self._slot_freed: trio.Event | None = None
         self._all_done: trio.Event | None = None
@@ -111,6 +113,7 @@ class Server:
             bytes_received=self._closed_bytes_in + sum(c.bytes_received for c in live),
             bytes_sent=self._closed_bytes_out + sum(c.bytes_sent for c in live),
             accept_errors=self._accept_errors,
+            shed=self._shed,
         )
 
     def connections(self) -> list[Connection]:
@@ -173,6 +176,7 @@ class Server:
 
     async def _run(self, task_status: trio.TaskStatus[Server]) -> None:
         try:
+            self._reserve = FdReserve()
             async with trio.open_nursery() as conn_nursery:
                 self._conn_nursery = conn_nursery
                 conn_nursery.start_soon(self._keeper.run, name="triosrv deadline keeper")
@@ -195,6 +199,8 @@ class Server:
                 conn_nursery.cancel_scope.cancel()
         finally:
             self._close_listeners()
+            if self._reserve is not None:
+                self._reserve.close()
             self._state = "closed"
             self._closed.set()
 
@@ -245,15 +251,28 @@ class Server:
             except OSError as exc:
                 if exc.errno not in RESOURCE_ERRNOS:
                     raise
-                self._accept_errors += 1
-                logger.warning("accept on %s: %s; pausing", listener.address, exc.strerror)
-                await trio.sleep(ACCEPT_PAUSE)
+                await self._out_of_resources(listener, exc)
                 continue
             self._admit(conn_sock, addr)
             batch += 1
             if batch >= ACCEPT_BATCH:
                 batch = 0
                 await trio.lowlevel.checkpoint()
+
+    async def _out_of_resources(self, listener: Listener, exc: OSError) -> None:
+        self._accept_errors += 1
+        shed = 0
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve is not None:
+            shed = self._reserve.shed(listener.sock)
+            self._shed += shed
+        logger.warning(
+            "accept on %s: %s; closed %d queued connection(s), pausing %g s",
+            listener.address,
+            exc.strerror,
+            shed,
+            ACCEPT_PAUSE,
+        )
+        await trio.sleep(ACCEPT_PAUSE)
 
     def _admit(self, sock: socket.socket, addr: object) -> None:
         self._accepted += 1
