@@ -122,7 +122,7 @@ async def test_idle_timeout_is_restarted_by_traffic(autojump_clock: trio.abc.Clo
         server = await open_memory_server(nursery, handler_recording([]), idle=5.0)
         client = await connect(server)
         for _ in range(10):  # 10 x 4 s of activity: 40 s, never 5 s idle
-            await trio.sleep(4)
+            await trio.sleep(4)  # not a real sleep: autojump_clock
             await client.send_all(b"x")
             assert await client.receive_some() == b"x"
         assert server.statistics().timeouts["idle"] == 0
@@ -143,7 +143,7 @@ async def test_write_timeout_fires_when_peer_stops_reading(
             while True:
                 await conn.send_all(b"x" * 1000)
         except triosrv.WriteTimeout as exc:
-            outcomes.append(exc)
+            outcomes.append((exc, trio.current_time()))
             raise
 
     async with trio.open_nursery() as nursery:
@@ -152,7 +152,7 @@ async def test_write_timeout_fires_when_peer_stops_reading(
         await server.add_stream(server_end)
         await client.receive_some(10)
         start = trio.current_time()
-        await trio.sleep(100)
+        await trio.sleep(100)  # not a real sleep: autojump_clock
         assert len(outcomes) == 1
         assert server.statistics().timeouts == {
             "idle": 0,
@@ -161,8 +161,9 @@ async def test_write_timeout_fires_when_peer_stops_reading(
             "handshake": 0,
         }
         assert server.statistics().active == 0
-        assert str(outcomes[0]) == "write timeout after 3 s"
-        del start
+        exc, fired_at = outcomes[0]  # type: ignore[misc]  # a (exception, time) pair
+        assert str(exc) == "write timeout after 3 s"
+        assert fired_at - start == pytest.approx(3.0, abs=0.01)
         server.shutdown()
     await client.aclose()
 
@@ -198,7 +199,7 @@ async def test_lifetime_timeout_raises_in_a_pending_receive(
         for _ in range(6):  # traffic keeps idle away; lifetime still ends it at 7 s
             await client.send_all(b"x")
             await client.receive_some()
-            await trio.sleep(1)
+            await trio.sleep(1)  # not a real sleep: autojump_clock
         assert await client.receive_some() == b""
         assert outcomes == [(triosrv.LifetimeTimeout, pytest.approx(7.0, abs=0.01))]
         server.shutdown()
@@ -209,7 +210,7 @@ async def test_no_timeouts_means_waiting_forever(autojump_clock: trio.abc.Clock)
     async with trio.open_nursery() as nursery:
         server = await open_memory_server(nursery, handler_recording([]), idle=None, write=None)
         client = await connect(server)
-        await trio.sleep(10_000)
+        await trio.sleep(10_000)  # not a real sleep: autojump_clock
         assert server.statistics().active == 1
         server.shutdown(grace=0)
     await client.aclose()
