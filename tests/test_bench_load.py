@@ -1,0 +1,235 @@
+"""Tests of the echo load generator (`triosrv.bench.run_load`) and of scripts/bench_echo.py.
+
+They run the generator at a tiny size against small echo servers made here and check what
+it counts and that it ends by itself; the autouse ``no_leaks`` fixture of conftest.py checks
+that nothing (fd, thread) is left behind. No test asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from triosrv.bench import LoadResult, _load_worker, run_load
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINE = [sys.executable, str(REPO / "scripts" / "_trio_echo_baseline.py")]
+
+
+class ThreadedEchoServer:
+    """A selectors echo server in one thread; ``transform`` alters what it sends back.
+
+    Stopping wakes the thread through a socketpair, joins it and closes every socket.
+    """
+
+    def __init__(self, transform: Callable[[bytes], bytes] = bytes) -> None:
+        self.transform = transform
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, name="echo-server")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj is self.wake_r:
+                    return
+                if key.fileobj is self.listener:
+                    conn, _ = self.listener.accept()
+                    self.conns.append(conn)
+                    self.selector.register(conn, selectors.EVENT_READ)
+                    continue
+                assert isinstance(key.fileobj, socket.socket)
+                self._echo(key.fileobj)
+
+    def _echo(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+            if data:
+                conn.sendall(self.transform(data))
+                return
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the generator closed with echoes in flight: same as EOF here
+        self.selector.unregister(conn)
+        self.conns.remove(conn)
+        conn.close()
+
+    def stop(self) -> None:
+        self.wake_w.send(b"x")
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        for sock in [*self.conns, self.listener, self.wake_r, self.wake_w]:
+            sock.close()
+        self.selector.close()
+
+
+@pytest.fixture
+def echo_server() -> Iterator[ThreadedEchoServer]:
+    server = ThreadedEchoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def subprocess_echo_port() -> Iterator[int]:
+    # A server in another process, for the test that forks: forking a process that
+    # runs threads (the in-test server) is fragile.
+    proc = subprocess.Popen(BASELINE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        assert "listening on tcp://127.0.0.1:" in line, line
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _tiny_load(
+    port: int,
+    *,
+    connections: int = 2,
+    size: int = 64,
+    duration: float = 0.3,
+    pipeline: int = 1,
+    processes: int = 1,
+    connect_timeout: float = 5.0,
+) -> LoadResult:
+    return run_load(
+        "127.0.0.1",
+        port,
+        connections=connections,
+        size=size,
+        duration=duration,
+        warmup=0.1,
+        pipeline=pipeline,
+        processes=processes,
+        connect_timeout=connect_timeout,
+    )
+
+
+def test_run_load_counts_round_trips_without_errors(echo_server: ThreadedEchoServer) -> None:
+    result = _tiny_load(echo_server.port)
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.round_trips > 0
+    assert result.rtps > 0
+    assert result.connections == 2
+    assert 0 < result.p50_us <= result.p90_us <= result.p99_us <= result.p999_us <= result.max_us
+    assert result.connect_ms is not None
+    assert result.first_echo_ms is not None
+    assert result.connect_ms <= result.first_echo_ms
+    assert result.cpu_seconds >= 0
+    json.dumps(result.to_dict())
+
+
+def test_run_load_counts_corrupted_echo_as_error() -> None:
+    server = ThreadedEchoServer(transform=lambda data: bytes(b ^ 1 for b in data))
+    try:
+        result = _tiny_load(server.port)
+    finally:
+        server.stop()
+    assert result.errors > 0
+    assert result.error_kinds.get("mismatch") == 2
+    assert result.round_trips == 0
+    assert result.first_echo_ms is None
+
+
+def test_run_load_keeps_a_pipeline_of_messages_in_flight(echo_server: ThreadedEchoServer) -> None:
+    result = _tiny_load(echo_server.port, pipeline=4, size=3000)
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.round_trips > 0
+    assert result.pipeline == 4
+
+
+def test_run_load_thins_latency_samples_past_the_cap(
+    echo_server: ThreadedEchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_load_worker, "_SAMPLE_CAP", 8)
+    result = _tiny_load(echo_server.port)
+    assert result.errors == 0
+    assert result.round_trips > 8
+    assert 0 < result.p50_us <= result.max_us
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "192.168.1.1", "0.0.0.0", "example.com", ""])
+def test_run_load_refuses_a_host_that_is_not_loopback(host: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        run_load(host, 9, connections=1, size=1, duration=0.1)
+
+
+def test_run_load_counts_refused_connections() -> None:
+    # A bound socket that does not listen: connects to its port are refused, and no
+    # other process can take the port meanwhile.
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        result = _tiny_load(placeholder.getsockname()[1], connections=3)
+    assert result.error_kinds.get("connect:ECONNREFUSED") == 3
+    assert result.round_trips == 0
+    assert result.connect_ms is None
+
+
+def test_run_load_ends_by_itself_when_the_server_never_answers() -> None:
+    # The kernel completes the handshakes into the backlog, but nobody ever accepts.
+    # real sleep: the generator's deadlines are wall-clock by design; this run lasts
+    # warmup + connect_timeout + duration, about 0.6 s.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        started = time.monotonic()
+        result = _tiny_load(silent.getsockname()[1], duration=0.2, connect_timeout=0.3)
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.1 + 0.2 + 0.3 + 2.0  # the documented hard stop, not a speed
+    assert result.error_kinds.get("no_first_echo") == 2
+    assert result.round_trips == 0
+    assert result.first_echo_ms is None
+
+
+def test_run_load_forks_workers_and_merges_them(subprocess_echo_port: int) -> None:
+    result = _tiny_load(subprocess_echo_port, connections=5, processes=2, pipeline=2)
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.processes == 2
+    assert result.connections == 5
+    assert result.round_trips > 0
+    assert result.first_echo_ms is not None
+
+
+def test_bench_echo_quick_prints_a_ratio() -> None:
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_echo.py"),
+        *("--quick", "--runs", "1", "--duration", "0.3", "--warmup", "0.1"),
+        *("--candidate-cmd", shlex.join(BASELINE)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "ratio" in done.stdout
+    assert "C=50" in done.stdout
+
+
+def test_bench_echo_json_has_a_ratio_per_load() -> None:
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_echo.py"),
+        *("--quick", "--runs", "1", "--duration", "0.3", "--warmup", "0.1", "--json"),
+        *("--candidate-cmd", shlex.join(BASELINE)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert [(r["connections"], r["size"]) for r in doc["loads"]] == [(1, 64), (50, 64)]
+    assert all(r["ratio"]["rtps"] is not None for r in doc["loads"])
