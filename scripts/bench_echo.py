@@ -27,21 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shlex
-import shutil
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from importlib import metadata
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import attrs
 
@@ -49,37 +41,25 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from triosrv.bench import LoadResult, run_load  # noqa: E402
+from triosrv.bench._report import fmt, median, ratio  # noqa: E402
+from triosrv.bench._servers import (  # noqa: E402
+    BenchError,
+    Server,
+    machine_facts,
+    machine_lines,
+    plan_cpus,
+    process_cpu_seconds,
+    running_server,
+    triosrv_listen_cmd,
+)
 
 BASELINE_CMD = [sys.executable, str(REPO / "scripts" / "_trio_echo_baseline.py")]
-CANDIDATE_CMD = [sys.executable, "-m", "triosrv", "listen", "--host", "127.0.0.1", "--port", "0"]
-READY = re.compile(rb"listening on tcp://127\.0\.0\.1:(\d+)")
-START_TIMEOUT = 20.0  # seconds a server may take to print its ready line
-STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+CANDIDATE_CMD = triosrv_listen_cmd()
 CONNECT_TIMEOUT = 10.0  # generous: plain trio.serve_tcp needs seconds for a 1000-client burst
 BURST_CONNECTIONS = 1000
 BURST_TARGET_MS = 500.0
 FULL_LOADS = [(c, s) for c in (1, 50, 1000) for s in (64, 4096)]
 QUICK_LOADS = [(1, 64), (50, 64)]
-
-
-class BenchError(Exception):
-    """A server did not start or died during the run."""
-
-
-@attrs.frozen(kw_only=True)
-class Server:
-    """A running server subprocess, its stderr log and the port it announced."""
-
-    name: str
-    cmd: list[str]
-    proc: subprocess.Popen[bytes]
-    log: IO[bytes]
-    port: int
-
-    def log_tail(self, limit: int = 2000) -> str:
-        """Return the end of the server's stderr, for error messages."""
-        data = os.pread(self.log.fileno(), 1 << 20, 0)
-        return data[-limit:].decode(errors="replace").strip()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -106,87 +86,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def plan_cpus() -> tuple[int, int] | None:
-    """Return (server CPU, load CPU), or None when there is only one CPU to use."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
-
-
-def pinned(cmd: list[str], cpu: int | None) -> tuple[list[str], Callable[[], None] | None]:
-    """Return the command (and a child hook) that runs ``cmd`` on ``cpu`` only."""
-    if cpu is None:
-        return cmd, None
-    if shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu), *cmd], None  # taskset execs: same pid
-    return cmd, lambda: os.sched_setaffinity(0, {cpu})
-
-
-def wait_ready(proc: subprocess.Popen[bytes], log: IO[bytes], name: str) -> int:
-    """Poll the server's stderr log for its ready line; return the port."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        match = READY.search(os.pread(log.fileno(), 1 << 20, 0))
-        if match:
-            return int(match.group(1))
-        if proc.poll() is not None:
-            raise BenchError(f"{name} exited with status {proc.returncode} before it was ready")
-        time.sleep(0.02)
-    raise BenchError(f"{name} did not print 'listening on tcp://127.0.0.1:PORT' in time")
-
-
-def stop_server(server: Server) -> None:
-    """SIGTERM the server, wait; SIGKILL it by pid after STOP_GRACE seconds."""
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-
-
-@contextmanager
-def running_server(name: str, cmd: list[str], cpu: int | None) -> Iterator[Server]:
-    """Start a server subprocess, yield it once ready, always stop it on exit."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    full_cmd, hook = pinned(cmd, cpu)
-    # stderr goes to a file, not a pipe: a chatty server can never block on its log.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            full_cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env={**os.environ, "PYTHONPATH": path},
-            preexec_fn=hook,  # only without taskset; this script starts no threads
-        )
-        server = Server(name=name, cmd=cmd, proc=proc, log=log, port=0)
-        try:
-            try:
-                port = wait_ready(proc, log, name)
-            except BenchError as exc:
-                raise BenchError(f"{exc}; its stderr:\n{server.log_tail()}") from None
-            yield attrs.evolve(server, port=port)
-        finally:
-            stop_server(server)
-
-
 @attrs.frozen(kw_only=True)
 class Run:
     """One measurement: the generator's result and the server's CPU share meanwhile."""
 
     result: LoadResult
     server_cpu: float | None  # server CPU seconds per wall second over the whole call
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far, from /proc; None if unreadable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(server: Server, load: tuple[int, int], args: argparse.Namespace) -> Run:
@@ -223,17 +128,6 @@ def run_matrix(
                 per_server[server.name].append(measure(server, load, args))
         results[load] = per_server
     return results
-
-
-def median(values: Sequence[float | None]) -> float | None:
-    """Median of the known values; None when none is known."""
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
-def ratio(candidate: float | None, baseline: float | None) -> float | None:
-    """candidate / baseline, or None when either is unknown or the baseline is zero."""
-    return None if candidate is None or not baseline else candidate / baseline
 
 
 def pair_ratio(baseline: list[Run], candidate: list[Run]) -> float | None:
@@ -288,25 +182,6 @@ def report(
         )
     settings = {**vars(args), "connect_timeout": CONNECT_TIMEOUT}
     return {"machine": machine, "settings": settings, "commands": commands, "loads": rows}
-
-
-def machine_facts(cpus: tuple[int, int] | None) -> dict[str, Any]:
-    """The facts a reader needs to weigh the figures."""
-    return {
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "trio": metadata.version("trio"),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "servers_on_cpu": cpus[0] if cpus else None,
-        "load_on_cpu": cpus[1] if cpus else None,
-        "pinned_with": "taskset" if shutil.which("taskset") else "sched_setaffinity",
-    }
-
-
-def fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    """Format a figure, or '-' when it is unknown."""
-    return "-" if value is None else format(value, spec) + suffix
 
 
 def server_line(label: str, name: str, s: dict[str, Any]) -> str:
@@ -381,14 +256,8 @@ def print_report(doc: dict[str, Any]) -> None:
         f"echo: candidate vs baseline, medians of {s['runs']} alternating runs of "
         f"{s['duration']:g} s each (after >= {s['warmup']:g} s warm-up); ratio = candidate/baseline"
     )
-    print(
-        f"machine: {m['cpu_count']} CPUs ({m['usable_cpus']} usable), {m['kernel']}, "
-        f"Python {m['python']}, trio {m['trio']}"
-    )
-    pin = "none (one usable CPU)"
-    if m["servers_on_cpu"] is not None:
-        pin = f"servers on CPU {m['servers_on_cpu']}, load generator on CPU {m['load_on_cpu']}"
-    print(f"pinning ({m['pinned_with']}): {pin}")
+    for line in machine_lines(m):
+        print(line)
     for name, cmd in doc["commands"].items():
         print(f"{name + ':':<11}{shlex.join(cmd)}")
     print()

@@ -39,6 +39,17 @@ def no_leaks() -> Iterator[None]:
     assert not leaked_threads, f"leaked threads: {leaked_threads}"
 
 
+@pytest.fixture
+def backend() -> str:
+    """The server backend a behavioural test passes to ``running_server``.
+
+    ``trio`` here; ``tests/test_backends.py`` overrides this fixture with one
+    parameter per backend and imports the behavioural tests, so each runs once per
+    backend (the conformance suite).
+    """
+    return "trio"
+
+
 def triosrv_tasks() -> list[str]:
     """Names of the live tasks that triosrv started (call from inside trio)."""
     names: list[str] = []

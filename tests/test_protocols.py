@@ -174,6 +174,14 @@ def test_protocols_reexport_all_public_names() -> None:
         "ProtocolFactory",
         "CHARGEN_LINE_LENGTH",
         "chargen_line",
+        # the PROXY protocol (tests/test_proxy_protocol.py)
+        "PROXY_V1_MAX_LENGTH",
+        "PROXY_V2_SIGNATURE",
+        "ProxyHeader",
+        "ProxyProtocolError",
+        "encode_proxy_v1",
+        "encode_proxy_v2",
+        "parse_proxy_header",
     }
 
 

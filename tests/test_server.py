@@ -107,8 +107,8 @@ async def test_handler_errors_raise_gives_trio_crash_semantics() -> None:
             await trio.sleep_forever()
 
 
-async def test_peer_reset_is_not_a_handler_error() -> None:
-    async with running_server("chargen") as server:
+async def test_peer_reset_is_not_a_handler_error(backend: str) -> None:
+    async with running_server("chargen", backend=backend) as server:
         sock = trio.socket.socket()
         await sock.connect(("127.0.0.1", tcp_port(server)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -121,8 +121,9 @@ async def test_peer_reset_is_not_a_handler_error() -> None:
     assert stats.broken == 1
 
 
-async def test_max_connections_wait_serves_newcomer_after_one_leaves() -> None:
-    async with running_server("echo", limits=Limits(max_connections=2)) as server:
+async def test_max_connections_wait_serves_newcomer_after_one_leaves(backend: str) -> None:
+    limits = Limits(max_connections=2)
+    async with running_server("echo", limits=limits, backend=backend) as server:
         first, second = await connect(server), await connect(server)
         for stream in (first, second):
             await stream.send_all(b"x")
@@ -141,9 +142,9 @@ async def test_max_connections_wait_serves_newcomer_after_one_leaves() -> None:
         await third.aclose()
 
 
-async def test_max_connections_reject_closes_newcomer_and_counts() -> None:
+async def test_max_connections_reject_closes_newcomer_and_counts(backend: str) -> None:
     limits = Limits(max_connections=2, overload="reject")
-    async with running_server("echo", limits=limits) as server:
+    async with running_server("echo", limits=limits, backend=backend) as server:
         kept = [await connect(server), await connect(server)]
         for stream in kept:
             await stream.send_all(b"x")
@@ -211,14 +212,14 @@ async def test_shutdown_cancels_what_is_left_after_grace() -> None:
     assert 0.25 < elapsed < 1.5
 
 
-async def test_cancelling_the_enclosing_scope_stops_everything_at_once() -> None:
+async def test_cancelling_the_enclosing_scope_stops_everything_at_once(backend: str) -> None:
     fds_before = open_fds()
     with trio.move_on_after(5):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
                 triosrv.serve,
                 triosrv.load_handler("chargen"),
-                triosrv.ServerConfig(binds="127.0.0.1:0"),
+                triosrv.ServerConfig(binds="127.0.0.1:0", backend=backend),
             )
             streams = [await connect(server) for _ in range(20)]
             for stream in streams:
@@ -233,9 +234,11 @@ async def test_cancelling_the_enclosing_scope_stops_everything_at_once() -> None
     assert open_fds() == fds_before
 
 
-async def test_write_timeout_closes_a_peer_that_never_reads_and_memory_stays_flat() -> None:
+async def test_write_timeout_closes_a_peer_that_never_reads_and_memory_stays_flat(
+    backend: str,
+) -> None:
     timeouts = Timeouts(write=0.3)
-    async with running_server("chargen", timeouts=timeouts) as server:
+    async with running_server("chargen", timeouts=timeouts, backend=backend) as server:
         sock = socket.create_connection(("127.0.0.1", tcp_port(server)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         start = trio.current_time()
@@ -252,8 +255,8 @@ async def test_write_timeout_closes_a_peer_that_never_reads_and_memory_stays_fla
     assert stats.active == 0
 
 
-async def test_idle_timeout_over_a_real_socket_closes_near_its_setting() -> None:
-    async with running_server("echo", timeouts=Timeouts(idle=0.3)) as server:
+async def test_idle_timeout_over_a_real_socket_closes_near_its_setting(backend: str) -> None:
+    async with running_server("echo", timeouts=Timeouts(idle=0.3), backend=backend) as server:
         async with await connect(server) as stream:
             start = trio.current_time()
             with trio.fail_after(3):
@@ -263,8 +266,9 @@ async def test_idle_timeout_over_a_real_socket_closes_near_its_setting() -> None
     assert 0.25 < elapsed < 1.5
 
 
-async def test_lifetime_timeout_over_a_real_socket() -> None:
-    async with running_server("chargen", timeouts=Timeouts(lifetime=0.3)) as server:
+async def test_lifetime_timeout_over_a_real_socket(backend: str) -> None:
+    timeouts = Timeouts(lifetime=0.3)
+    async with running_server("chargen", timeouts=timeouts, backend=backend) as server:
         async with await connect(server) as stream:
             start = trio.current_time()
             with trio.fail_after(3):
@@ -275,16 +279,19 @@ async def test_lifetime_timeout_over_a_real_socket() -> None:
     assert 0.25 < elapsed < 1.5
 
 
-async def test_daytime_sends_one_line_then_closes() -> None:
-    async with running_server("daytime") as server, await connect(server) as stream:
+async def test_daytime_sends_one_line_then_closes(backend: str) -> None:
+    async with (
+        running_server("daytime", backend=backend) as server,
+        await connect(server) as stream,
+    ):
         data = b""
         while chunk := await stream.receive_some():
             data += chunk
     assert data.endswith(b"\r\n") and data.count(b"\n") == 1
 
 
-async def test_discard_sends_nothing_and_counts_bytes() -> None:
-    async with running_server("discard") as server:
+async def test_discard_sends_nothing_and_counts_bytes(backend: str) -> None:
+    async with running_server("discard", backend=backend) as server:
         async with await connect(server) as stream:
             await stream.send_all(b"x" * 100_000)
             await stream.send_eof()
@@ -292,12 +299,14 @@ async def test_discard_sends_nothing_and_counts_bytes() -> None:
         assert server.statistics().bytes_received == 100_000
 
 
-async def test_unix_socket_mode_stale_file_and_cleanup(tmp_path: os.PathLike[str]) -> None:
+async def test_unix_socket_mode_stale_file_and_cleanup(
+    tmp_path: os.PathLike[str], backend: str
+) -> None:
     path = os.path.join(os.fspath(tmp_path), "srv.sock")
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(path)  # a socket file nobody listens on: a dead server's leftover
     stale.close()
-    async with running_server("echo", binds=[f"unix:{path}"]) as server:
+    async with running_server("echo", binds=[f"unix:{path}"], backend=backend) as server:
         assert server.addresses == [f"unix:{path}"]
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         with pytest.raises(triosrv.BindError, match="address already in use"):
@@ -346,9 +355,9 @@ async def test_ipv6_loopback_bind() -> None:
         assert server.connections() == [] or True
 
 
-async def test_accept_on_emfile_sheds_queued_clients_and_recovers() -> None:
+async def test_accept_on_emfile_sheds_queued_clients_and_recovers(backend: str) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    async with running_server("echo") as server:
+    async with running_server("echo", backend=backend) as server:
         clients = [trio.socket.socket() for _ in range(3)]
         try:
             # No free fd number below the limit: accept() fails with EMFILE.

@@ -5,18 +5,59 @@ Commands stay thin: parse, build the config, call the library.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
+import attrs
 import click
 import trio
 
 from . import __version__
-from ._config import Limits, ServerConfig, Timeouts
+from ._backends import check_backend
+from ._config import BACKENDS as SERVER_BACKENDS
+from ._config import Limits, ServerConfig, Timeouts, parse_bind
 from ._errors import BindError, ConfigError
 from ._handlers import load_handler
+from ._preamble import load_tls_context
 from ._runner import configure_logging, serve_until_signalled
+from ._systemd import listen_fds
+from ._workers import supervise_until_signalled
+from .bench import (
+    BACKENDS,
+    BackendsPlan,
+    BenchError,
+    bench_backends,
+    bench_cpu,
+    bench_load,
+    bench_threads_vs_tasks,
+)
+from .chaos import SCENARIO_NAMES as CHAOS_SCENARIOS
+from .chaos import (
+    ChaosConfig,
+    TargetError,
+    format_header,
+    format_result,
+    format_summary,
+    raise_fd_limit,
+    run_chaos,
+)
+from .chaos import parse_target as parse_chaos_target
+from .diagnostics import (
+    DiagnosticsError,
+    control_request,
+    fd_summary,
+    fd_table,
+    render_fds,
+    render_status,
+    render_system,
+    require_extra,
+    system_facts,
+    watch_status,
+)
 
 
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -70,6 +111,21 @@ def main() -> None:
     default="echo",
     show_default=True,
     help="echo, discard, chargen, daytime, or module:callable for your own.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(SERVER_BACKENDS),
+    default="trio",
+    show_default=True,
+    help="The server design: a task per connection (trio, trio-fd), one loop "
+    "(epoll, poll, select, nonblocking) or a thread per connection (blocking).",
+)
+@click.option(
+    "--nonblocking-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=ServerConfig().nonblocking_interval,
+    show_default=True,
+    help="Seconds the nonblocking backend sleeps after a pass in which nothing moved.",
 )
 @click.option(
     "--idle-timeout",
@@ -149,6 +205,57 @@ def main() -> None:
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@click.option(
+    "--control",
+    metavar="PATH",
+    default=None,
+    help="Serve the control endpoint (triosrv status) on this Unix socket, mode 0600.",
+)
+@click.option(
+    "--warn-blocking",
+    type=SECONDS,
+    default=None,
+    help="Log a warning when one task step holds the event loop longer than this.",
+)
+@click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve Prometheus metrics over HTTP here (needs the 'metrics' extra).",
+)
+@click.option(
+    "--certfile", metavar="PEM", default=None, help="Serve TLS with this certificate chain."
+)
+@click.option(
+    "--keyfile", metavar="PEM", default=None, help="The TLS private key (default: in --certfile)."
+)
+@click.option(
+    "--proxy-protocol",
+    type=click.Choice(["off", "v1", "v2", "auto"]),
+    default="off",
+    show_default=True,
+    help="Require a PROXY header (HAProxy's send-proxy / send-proxy-v2; auto: either).",
+)
+@click.option(
+    "--proxy-allow-from",
+    metavar="CIDR,...",
+    default=None,
+    help="Who may send PROXY headers (default 127.0.0.0/8,::1/128).",
+)
+@click.option(
+    "--reuse-port", is_flag=True, help="Set SO_REUSEPORT: other processes may bind the port."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run N worker processes on the binds (SO_REUSEPORT), restarted if they die.",
+)
+@click.option(
+    "--systemd",
+    is_flag=True,
+    help="Serve the sockets systemd passed (LISTEN_FDS); automatic when no bind is given.",
+)
 def listen(**opts: Any) -> None:
     """Run a server until SIGINT or SIGTERM (graceful drain; a second signal cancels)."""
     try:
@@ -157,23 +264,34 @@ def listen(**opts: Any) -> None:
         raise click.BadParameter(str(exc), param_hint="'--handler'") from None
     try:
         config = _listen_config(opts)
+        check_backend(config, handler)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if opts["metrics"] is not None:
+        _check_metrics_option(opts["metrics"])
     configure_logging(opts["log_level"], opts["log_format"])
+    if opts["workers"] is not None:
+        sys.exit(_supervise(opts, config))
     try:
-        trio.run(serve_until_signalled, handler, config)
+        trio.run(
+            functools.partial(
+                serve_until_signalled, control=opts["control"], metrics=opts["metrics"]
+            ),
+            handler,
+            config,
+        )
     except BindError as exc:
         click.echo(f"error: {exc.strerror}", err=True)
         sys.exit(1)
 
 
 def _listen_config(opts: dict[str, Any]) -> ServerConfig:
-    binds = list(opts["binds"])
+    binds = list(opts["binds"]) + _systemd_binds(opts)
     if opts["host"] is not None or opts["port"] is not None or not binds:
         host = opts["host"] or "127.0.0.1"
         port = 8888 if opts["port"] is None else opts["port"]
         binds.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return ServerConfig(
+    config = ServerConfig(
         binds=binds,
         backlog=opts["backlog"],
         timeouts=Timeouts(
@@ -189,4 +307,435 @@ def _listen_config(opts: dict[str, Any]) -> ServerConfig:
             recv_size=opts["recv_size"],
         ),
         handler_errors=opts["on_handler_error"],
+        backend=opts["backend"],
+        nonblocking_interval=opts["nonblocking_interval"],
+        warn_blocking=opts["warn_blocking"],
+        tls_certfile=opts["certfile"],
+        tls_keyfile=opts["keyfile"],
+        proxy_protocol=opts["proxy_protocol"],
+        reuse_port=opts["reuse_port"],
+        **({"proxy_allow_from": opts["proxy_allow_from"]} if opts["proxy_allow_from"] else {}),
     )
+    if config.tls_certfile is not None:  # a bad file is a usage error, found before serving
+        load_tls_context(config.tls_certfile, config.tls_keyfile)
+    return config
+
+
+def _systemd_binds(opts: dict[str, Any]) -> list[str]:
+    """The inherited sockets to serve: with --systemd, or when no bind was given."""
+    inherited = [sock.bind for sock in listen_fds()]
+    if opts["systemd"] and not inherited:
+        raise ConfigError("--systemd: no socket was passed (LISTEN_FDS/LISTEN_PID)")
+    explicit = opts["binds"] or opts["host"] is not None or opts["port"] is not None
+    return inherited if opts["systemd"] or not explicit else []
+
+
+# Options the supervisor handles itself rather than repeat to every worker.
+_SUPERVISOR_ONLY = {"binds", "host", "port", "workers", "systemd", "reuse_port", "control"}
+
+
+def _supervise(opts: dict[str, Any], config: ServerConfig) -> int:
+    if opts["metrics"] is not None:
+        raise click.UsageError("--metrics serves one process; not supported with --workers")
+    control = opts["control"]
+    try:
+        return trio.run(
+            functools.partial(
+                supervise_until_signalled,
+                _worker_args(click.get_current_context()),
+                config.binds,
+                workers=opts["workers"],
+                grace=config.timeouts.grace,
+                # One control socket per worker: PATH.1, PATH.2, ...
+                per_worker=lambda i: [] if control is None else ["--control", f"{control}.{i}"],
+            )
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except BindError as exc:
+        _fail(str(exc.strerror))
+    except RuntimeError as exc:  # a worker died before it was ready
+        _fail(str(exc))
+
+
+def _worker_args(ctx: click.Context) -> list[str]:
+    """This command's options as given, to be repeated to every worker."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        if not isinstance(param, click.Option) or name is None or name in _SUPERVISOR_ONLY:
+            continue
+        if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        values = ctx.params[name] if param.multiple else [ctx.params[name]]
+        for value in values:
+            if param.is_flag:
+                args += [param.opts[0]] if value else param.secondary_opts[:1]
+            else:
+                args += [param.opts[0], "none" if value is None else str(value)]
+    return args
+
+
+def _check_metrics_option(value: str) -> None:
+    try:
+        spec = parse_bind(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
+    if spec.kind != "tcp":
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="'--metrics'")
+    try:
+        require_extra("metrics", "prometheus_client", "h11")
+    except DiagnosticsError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit 1: what a dead socket or a missing pid gets."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _echo_json(doc: object) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
+@main.group()
+def diag() -> None:
+    """Inspect this machine's limits and a process's file descriptors."""
+
+
+@diag.command("system")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=Limits().max_connections,
+    show_default=True,
+    help="The connection count the hints compare the limits against.",
+)
+def diag_system(as_json: bool, max_connections: int) -> None:
+    """Versions, I/O manager, multiplexers and the limits that bound a server."""
+    facts = system_facts(max_connections=max_connections)
+    if as_json:
+        _echo_json({"facts": [attrs.asdict(fact) for fact in facts]})
+    else:
+        click.echo(render_system(facts))
+
+
+@diag.command("fds")
+@click.option("--pid", type=int, default=None, help="The process to inspect (default: this one).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def diag_fds(pid: int | None, as_json: bool) -> None:
+    """A process's open fds from /proc, with TCP addresses and states."""
+    try:
+        fds = fd_table(pid)
+    except DiagnosticsError as exc:
+        _fail(str(exc))
+    shown_pid = os.getpid() if pid is None else pid
+    if as_json:
+        doc = {
+            "pid": shown_pid,
+            "fds": [attrs.asdict(info) for info in fds],
+            "summary": fd_summary(fds),
+        }
+        _echo_json(doc)
+    else:
+        click.echo(render_fds(shown_pid, fds))
+
+
+@main.command()
+@click.option("--control", metavar="PATH", required=True, help="The server's --control socket.")
+@click.option("--watch", type=SECONDS, default=None, help="Refresh every SECONDS until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON document.")
+@click.option("--drain", is_flag=True, help="Start the server's graceful shutdown instead.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --drain: seconds connections get to finish (default: the server's --grace).",
+)
+def status(
+    control: str, watch: float | None, as_json: bool, drain: bool, grace: float | None
+) -> None:
+    """Show a running server's state, connections and task tree (or --drain it)."""
+    if drain:
+        request: dict[str, object] = {"cmd": "drain"}
+        if grace is not None:
+            request["grace"] = grace
+        answer = _control(control, request)
+        if as_json:
+            _echo_json(answer)
+        else:
+            grace_text = "unlimited" if answer["grace"] is None else f"{answer['grace']:g} s"
+            click.echo(f"draining {answer['active']} connection(s), grace {grace_text}")
+        return
+    if grace is not None:
+        raise click.UsageError("--grace goes with --drain")
+    show = _echo_json if as_json else _show_status
+    if watch is None:
+        show(_control(control, {"cmd": "status"}))
+        return
+    try:
+        trio.run(watch_status, control, watch, functools.partial(_refresh, show))
+    except DiagnosticsError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --watch ends
+
+
+def _show_status(doc: dict[str, object]) -> None:
+    click.echo(render_status(doc))
+
+
+def _refresh(show: Any, doc: dict[str, object]) -> None:
+    if sys.stdout.isatty():
+        click.clear()
+    show(doc)
+
+
+def _control(path: str, request: dict[str, object]) -> dict[str, Any]:
+    try:
+        answer = trio.run(control_request, path, request)
+    except DiagnosticsError as exc:
+        _fail(str(exc))
+    if "error" in answer:
+        _fail(f"server: {answer['error']}")
+    return answer
+
+
+_CHAOS = ChaosConfig()
+
+
+@main.command()
+@click.option("--target", required=True, metavar="HOST:PORT", help="The TCP server to attack.")
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(CHAOS_SCENARIOS),
+    help="Run only this scenario; repeatable. Default: all of them, in this order.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_CHAOS.duration,
+    show_default=True,
+    help="Seconds each attack lasts.",
+)
+@click.option(
+    "--quiet",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_CHAOS.quiet,
+    show_default=True,
+    help="Seconds of canary-only traffic before each attack (the baseline).",
+)
+@click.option(
+    "--expect",
+    type=click.Choice(["echo", "any"]),
+    default=_CHAOS.expect,
+    show_default=True,
+    help="echo: check every reply byte for byte; any: the target is not an echo server.",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(min=1),
+    default=_CHAOS.connections,
+    show_default=True,
+    help="Connections held at once by slowloris, slow-reader and idle.",
+)
+@click.option(
+    "--flood",
+    type=click.IntRange(min=1),
+    default=_CHAOS.flood,
+    show_default=True,
+    help="Connections the flood opens.",
+)
+@click.option(
+    "--churn",
+    type=click.IntRange(min=1),
+    default=_CHAOS.churn,
+    show_default=True,
+    help="Short connections churn opens at most.",
+)
+@click.option(
+    "--drip-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_CHAOS.drip_interval,
+    show_default=True,
+    help="Seconds between slowloris's bytes.",
+)
+@click.option(
+    "--max-p99-ratio",
+    type=click.FloatRange(min=0),
+    default=_CHAOS.max_p99_ratio,
+    show_default=True,
+    help="Fail when the canary's p99 under attack exceeds this many times its quiet p99 "
+    "(and 20 ms); 0 turns the check off.",
+)
+@click.option("--seed", type=int, default=_CHAOS.seed, show_default=True, help="Random seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--allow-non-loopback", is_flag=True, help="Allow a target that is not a loopback address."
+)
+def chaos(**opts: Any) -> None:
+    """Attack a TCP server with misbehaving clients while a canary measures its service.
+
+    Exits 0 when every scenario passed, 1 when one failed.
+    """
+    try:
+        target = parse_chaos_target(opts["target"], allow_non_loopback=opts["allow_non_loopback"])
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--target'") from None
+    fields = ("duration", "quiet", "expect", "connections", "flood", "churn", "drip_interval")
+    config = ChaosConfig(
+        scenarios=opts["scenarios"],
+        max_p99_ratio=opts["max_p99_ratio"],
+        seed=opts["seed"],
+        **{name: opts[name] for name in fields},
+    )
+    raise_fd_limit()  # the flood needs thousands of sockets
+    if not opts["as_json"]:
+        click.echo(format_header(str(target), config))
+    report = trio.run(
+        functools.partial(
+            run_chaos,
+            target,
+            config,
+            on_result=None if opts["as_json"] else lambda r: click.echo(format_result(r)),
+        )
+    )
+    click.echo(report.to_json() if opts["as_json"] else format_summary(report.results))
+    sys.exit(0 if report.passed else 1)
+
+
+@main.group()
+def bench() -> None:
+    """Measure servers: echo load, the backends' table, threads vs tasks, CPU-bound work."""
+
+
+@bench.command("load")
+@click.option("--target", required=True, metavar="HOST:PORT", help="A loopback echo server.")
+@click.option("--connections", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--size", type=click.IntRange(min=1), default=64, show_default=True, help="Bytes.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Measured seconds.",
+)
+@click.option(
+    "--warmup",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Seconds before measuring.",
+)
+@click.option(
+    "--pipeline",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Messages in flight per connection.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Generator processes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_load_command(**opts: Any) -> None:
+    """Drive an echo server and print round trips/s, latency percentiles, errors, CPU."""
+    try:
+        bench_load(opts.pop("target"), out=sys.stdout, **opts)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@bench.command("backends")
+@click.option(
+    "--backend",
+    "names",
+    multiple=True,
+    type=click.Choice(BACKENDS),
+    help="Repeatable; default all.",
+)
+@click.option(
+    "--connections", metavar="C,C,...", default=None, help="Echo loads (default 1,50,1000)."
+)
+@click.option("--quick", is_flag=True, help="About a minute instead of about five.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option(
+    "--plot", metavar="FILE.png", default=None, help="Also write a PNG (needs the 'plot' extra)."
+)
+def bench_backends_command(
+    names: tuple[str, ...], connections: str | None, quick: bool, as_json: bool, plot: str | None
+) -> None:
+    """Measure the seed's I/O-multiplexing table for every backend."""
+    plan = BackendsPlan.quick() if quick else BackendsPlan()
+    if connections is not None:
+        try:
+            plan = attrs.evolve(
+                plan, echo_connections=tuple(int(c) for c in connections.split(","))
+            )
+        except ValueError:
+            raise click.BadParameter(
+                "expected comma-separated counts, e.g. 1,50,1000", param_hint="'--connections'"
+            ) from None
+    try:
+        bench_backends(names or BACKENDS, plan, as_json=as_json, plot=plot, out=sys.stdout)
+    except (BenchError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@bench.command("threads-vs-tasks")
+@click.option(
+    "--connections",
+    metavar="N,N,...",
+    default="1000,10000",
+    show_default=True,
+    help="Connection counts.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def bench_threads_vs_tasks_command(connections: str, as_json: bool) -> None:
+    """Memory per idle connection, time to open N, switch cost: threads vs trio tasks."""
+    try:
+        counts = [int(c) for c in connections.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            "expected comma-separated counts", param_hint="'--connections'"
+        ) from None
+    try:
+        bench_threads_vs_tasks(counts=counts, as_json=as_json, out=sys.stdout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--connections'") from None
+    except BenchError as exc:
+        _fail(str(exc))
+
+
+@bench.command("cpu")
+@click.option(
+    "--work-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="CPU per request.",
+)
+@click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Seconds per mode.",
+)
+@click.option("--warmup", type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def bench_cpu_command(**opts: Any) -> None:
+    """CPU-bound work inline, in a thread, in processes, while a canary echoes."""
+    try:
+        bench_cpu(out=sys.stdout, **opts)
+    except BenchError as exc:
+        _fail(str(exc))

@@ -18,11 +18,16 @@ from ._errors import ConfigError
 
 OVERLOAD_MODES = ("wait", "reject")
 HANDLER_ERROR_MODES = ("log", "raise")
+#: The server designs :class:`ServerConfig` can select (see the README's table).
+BACKENDS = ("trio", "trio-fd", "epoll", "poll", "select", "nonblocking", "blocking")
+PROXY_PROTOCOL_MODES = ("off", "v1", "v2", "auto")
+# Who may send a PROXY header when proxy_allow_from is not given: this machine only.
+DEFAULT_PROXY_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
 
 
-def _seconds(field: str) -> Any:
+def _seconds(field: str, *, allow_none: bool = True) -> Any:
     def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
-        if value is None:
+        if value is None and allow_none:
             return
         ok = (
             isinstance(value, int | float)
@@ -31,9 +36,8 @@ def _seconds(field: str) -> Any:
             and value > 0
         )
         if not ok:
-            raise ConfigError(
-                f"{field}: expected a positive number of seconds or None, got {value!r}"
-            )
+            what = "a positive number of seconds" + (" or None" if allow_none else "")
+            raise ConfigError(f"{field}: expected {what}, got {value!r}")
 
     return check
 
@@ -101,29 +105,41 @@ class Limits:
 
 @attrs.frozen
 class BindSpec:
-    """One parsed bind string: ``kind`` is ``"tcp"`` (host, port) or ``"unix"`` (path)."""
+    """One parsed bind string: ``kind`` is ``"tcp"`` (host, port), ``"unix"`` (path)
+    or ``"fd"`` (an inherited, already bound socket: ``fd``)."""
 
-    kind: Literal["tcp", "unix"]
+    kind: Literal["tcp", "unix", "fd"]
     host: str = ""
     port: int = 0
     path: str = ""
+    fd: int = -1
 
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
 
 
 def parse_bind(text: str) -> BindSpec:
-    """Parse ``HOST:PORT``, ``[V6ADDR]:PORT`` or ``unix:PATH``.
+    """Parse ``HOST:PORT``, ``[V6ADDR]:PORT``, ``unix:PATH`` or ``fd://N``.
+
+    ``fd://N`` is a socket this process inherited, bound already (systemd's socket
+    activation); the server takes it over and closes it when it stops.
 
     Raises :class:`~triosrv.ConfigError` with the accepted forms.
     """
-    forms = "expected HOST:PORT, [V6ADDR]:PORT or unix:PATH"
+    forms = "expected HOST:PORT, [V6ADDR]:PORT, unix:PATH or fd://N"
     if not isinstance(text, str) or not text:
         raise ConfigError(f"binds: {forms}, got {text!r}")
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not number.isascii() or not number.isdigit() or int(number) > 2**31 - 1:
+            raise ConfigError(f"binds: fd:// needs a file descriptor number, got {text!r}")
+        return BindSpec("fd", fd=int(number))
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path or "\0" in path:
@@ -169,6 +185,31 @@ def _check_mode(_inst: object, _attr: attrs.Attribute[Any], value: object) -> No
         raise ConfigError(f"unix_mode: expected a file mode 0..0o777, got {value!r}")
 
 
+def _to_networks(value: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(item.strip() for item in value if item.strip())
+
+
+def _check_networks(_inst: object, _attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"proxy_allow_from: expected CIDR networks such as 10.0.0.0/8 or ::1/128, "
+                f"got {text!r}"
+            ) from None
+
+
+def _optional_path(field: str) -> Any:
+    def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{field}: expected a file path or None, got {value!r}")
+
+    return check
+
+
 def _of_type(field: str, kind: type) -> Any:
     def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, kind):
@@ -187,6 +228,20 @@ class ServerConfig:
     files. ``handler_errors="log"`` isolates handler crashes; ``"raise"`` lets them
     crash the server, as trio would.
 
+    Deployment (see the README's "Deploying"): ``tls_certfile``/``tls_keyfile`` (PEM)
+    wrap every connection in TLS; ``proxy_protocol`` (``"v1"``, ``"v2"`` or ``"auto"``
+    for either) requires a PROXY header on every connection, accepted only from
+    ``proxy_allow_from`` (CIDR networks; default loopback only; Unix-socket peers are
+    always allowed); ``reuse_port`` sets SO_REUSEPORT on TCP listeners so several
+    processes can bind one port. The TLS handshake and the PROXY header run under
+    ``Timeouts.handshake``.
+
+    ``backend`` picks the server design, one of :data:`BACKENDS` (the README's table):
+    ``"trio"`` (the default) and ``"trio-fd"`` run a task per connection, ``"epoll"``,
+    ``"poll"``, ``"select"`` and ``"nonblocking"`` one loop for all, ``"blocking"`` a
+    thread per connection. ``nonblocking_interval`` is how long the ``nonblocking``
+    loop sleeps after a pass in which nothing moved.
+
     Use :func:`attrs.evolve` to derive a variant.
     """
 
@@ -200,6 +255,26 @@ class ServerConfig:
         default="log", validator=_one_of("handler_errors", HANDLER_ERROR_MODES)
     )
     unix_mode: int = attrs.field(default=0o600, validator=_check_mode)
+    #: Seconds one task step may hold the event loop before a warning is logged
+    #: (``triosrv.diagnostics.BlockingDetector``); None: not measured.
+    warn_blocking: float | None = attrs.field(default=None, validator=_seconds("warn_blocking"))
+    tls_certfile: str | None = attrs.field(default=None, validator=_optional_path("tls_certfile"))
+    tls_keyfile: str | None = attrs.field(default=None, validator=_optional_path("tls_keyfile"))
+    proxy_protocol: Literal["off", "v1", "v2", "auto"] = attrs.field(
+        default="off", validator=_one_of("proxy_protocol", PROXY_PROTOCOL_MODES)
+    )
+    proxy_allow_from: tuple[str, ...] = attrs.field(
+        default=DEFAULT_PROXY_ALLOW_FROM, converter=_to_networks, validator=_check_networks
+    )
+    reuse_port: bool = attrs.field(default=False, validator=_of_type("reuse_port", bool))
+    backend: str = attrs.field(default="trio", validator=_one_of("backend", BACKENDS))
+    nonblocking_interval: float = attrs.field(
+        default=0.001, validator=_seconds("nonblocking_interval", allow_none=False)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.tls_keyfile is not None and self.tls_certfile is None:
+            raise ConfigError("tls_keyfile: needs tls_certfile too")
 
     @property
     def bind_specs(self) -> tuple[BindSpec, ...]:

@@ -12,11 +12,36 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
+from typing import Protocol
 
 import trio
 
 from ._config import Timeouts
-from ._connection import Connection
+
+
+class LiveConnection(Protocol):
+    """What every backend's connection objects have: the server tracks them, the
+    keeper expires them, ``Server.connections()`` lists them.
+
+    :class:`~triosrv.Connection` (the ``trio`` backend) and
+    :class:`triosrv.lowlevel.ConnectionRecord` (every other backend) both qualify.
+    """
+
+    id: int
+    peer: str
+    local: str
+    started_at: float
+    bytes_received: int
+    bytes_sent: int
+    draining: bool
+
+    @property
+    def timed_out(self) -> str | None:
+        """The kind of timeout that ended the connection, or None."""
+
+    def _next_deadline(self, timeouts: Timeouts) -> tuple[float, str]: ...
+
+    def _expire(self, kind: str, timeouts: Timeouts) -> None: ...
 
 
 class DeadlineKeeper:
@@ -26,7 +51,7 @@ class DeadlineKeeper:
     copied). Fired timeouts are counted in ``fired`` by kind.
     """
 
-    def __init__(self, timeouts: Timeouts, connections: Mapping[int, Connection]) -> None:
+    def __init__(self, timeouts: Timeouts, connections: Mapping[int, LiveConnection]) -> None:
         self.timeouts = timeouts
         self.connections = connections
         self.fired: Counter[str] = Counter()
@@ -46,7 +71,7 @@ class DeadlineKeeper:
         timeouts = self.timeouts
         wake = now + self._window
         for conn in self.connections.values():
-            if conn._expired is not None:
+            if conn.timed_out is not None:
                 continue
             due, kind = conn._next_deadline(timeouts)
             if due <= now:

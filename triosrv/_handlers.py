@@ -17,18 +17,27 @@ Handler = Callable[[Connection], Awaitable[object]]
 SEND_SIZE = 65536
 
 
-def protocol_handler(factory: Callable[[], Protocol]) -> Handler:
-    """Turn a sans-IO protocol factory into a connection handler.
+class ProtocolHandler:
+    """A connection handler that drives one sans-IO protocol per connection.
 
-    For each connection the handler makes one protocol with ``factory()`` and drives
-    it: it sends whatever the protocol has to send; when there is nothing and the
-    protocol asks to close, it returns (the server then closes the connection);
-    otherwise it receives one chunk and passes it on (``b""`` at the peer's EOF).
-    Timeouts and peer resets end the loop as exceptions, which the server counts.
+    Made by :func:`protocol_handler`. ``protocol_factory`` is the factory it was made
+    from: the backends that do not run trio tasks per connection (``epoll``, ``poll``,
+    ``select``, ``nonblocking``, ``blocking``, ``trio-fd``) drive the protocol
+    themselves and need the factory, not the coroutine.
     """
 
-    async def handle(conn: Connection) -> None:
-        protocol = factory()
+    __slots__ = ("__name__", "__qualname__", "protocol_factory")
+
+    def __init__(self, factory: Callable[[], Protocol]) -> None:
+        self.protocol_factory = factory
+        self.__name__ = self.__qualname__ = f"protocol_handler({_name(factory)})"
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__}>"
+
+    async def __call__(self, conn: Connection) -> None:
+        """Drive one protocol over ``conn`` until it asks to close (see the module)."""
+        protocol = self.protocol_factory()
         data_to_send = protocol.data_to_send
         receive_data = protocol.receive_data
         send_all = conn.send_all
@@ -42,8 +51,19 @@ def protocol_handler(factory: Callable[[], Protocol]) -> Handler:
             else:
                 receive_data(await receive_some())
 
-    handle.__name__ = handle.__qualname__ = f"protocol_handler({_name(factory)})"
-    return handle
+
+def protocol_handler(factory: Callable[[], Protocol]) -> ProtocolHandler:
+    """Turn a sans-IO protocol factory into a connection handler.
+
+    For each connection the handler makes one protocol with ``factory()`` and drives
+    it: it sends whatever the protocol has to send; when there is nothing and the
+    protocol asks to close, it returns (the server then closes the connection);
+    otherwise it receives one chunk and passes it on (``b""`` at the peer's EOF).
+    Timeouts and peer resets end the loop as exceptions, which the server counts.
+    The handler's ``protocol_factory`` attribute is ``factory``, for the backends that
+    drive protocols themselves.
+    """
+    return ProtocolHandler(factory)
 
 
 def _name(obj: object) -> str:
@@ -54,7 +74,7 @@ def _daytime_now() -> Daytime:
     return Daytime(datetime.datetime.now(datetime.UTC))
 
 
-BUILTIN_HANDLERS: dict[str, Handler] = {
+BUILTIN_HANDLERS: dict[str, ProtocolHandler] = {
     "echo": protocol_handler(Echo),
     "discard": protocol_handler(Discard),
     "chargen": protocol_handler(Chargen),

@@ -8,7 +8,9 @@ accepted connections' in :func:`configure_accepted`.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import secrets
 import socket
 import stat
 from collections.abc import Sequence
@@ -58,12 +60,20 @@ def _bind_error(spec: BindSpec, exc: OSError) -> BindError:
 
 
 def open_listeners(
-    specs: Sequence[BindSpec], *, backlog: int | None = None, unix_mode: int = 0o600
+    specs: Sequence[BindSpec],
+    *,
+    backlog: int | None = None,
+    unix_mode: int = 0o600,
+    reuse_port: bool = False,
 ) -> list[Listener]:
     """Bind and listen on every spec; on any failure close what was opened and raise.
 
     A host name that resolves to several addresses (``localhost``) gets one listener
-    per address, as with :func:`trio.open_tcp_listeners`.
+    per address, as with :func:`trio.open_tcp_listeners`. ``[::]:PORT`` is dual-stack
+    (IPv4 clients arrive as mapped addresses, shown as plain IPv4); other IPv6 binds
+    are IPv6-only, so ``0.0.0.0:P`` and ``[::1]:P`` can be bound side by side.
+    ``reuse_port`` sets SO_REUSEPORT on TCP listeners (several processes, one port).
+    ``fd://N`` takes over an inherited socket (see :func:`_open_fd`).
 
     Raises :class:`~triosrv.BindError` with a one-line message.
     """
@@ -72,8 +82,10 @@ def open_listeners(
         for spec in specs:
             if spec.kind == "unix":
                 listeners.append(_open_unix(spec, backlog, unix_mode))
+            elif spec.kind == "fd":
+                listeners.append(_open_fd(spec, backlog))
             else:
-                listeners.extend(_open_tcp(spec, backlog))
+                listeners.extend(_open_tcp(spec, backlog, reuse_port=reuse_port))
     except BaseException:
         for listener in listeners:
             listener.close()
@@ -81,7 +93,7 @@ def open_listeners(
     return listeners
 
 
-def _open_tcp(spec: BindSpec, backlog: int | None) -> list[Listener]:
+def _resolve(spec: BindSpec) -> list[tuple[int, int, int, tuple[object, ...]]]:
     try:
         infos = socket.getaddrinfo(
             spec.host, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -89,17 +101,56 @@ def _open_tcp(spec: BindSpec, backlog: int | None) -> list[Listener]:
     except socket.gaierror as exc:
         raise BindError(errno.EADDRNOTAVAIL, f"cannot bind {spec}: {exc.strerror}") from None
     seen: set[tuple[int, object]] = set()
+    out: list[tuple[int, int, int, tuple[object, ...]]] = []
+    for family, type_, proto, _name, sockaddr in infos:
+        if (family, sockaddr) not in seen:
+            seen.add((family, sockaddr))
+            out.append((family, type_, proto, tuple(sockaddr)))
+    return out
+
+
+def _dual_stack(spec: BindSpec) -> bool:
+    # Only an explicit "[::]" asks for both families on one socket; a name that
+    # resolves to "::" and "0.0.0.0" gets two sockets, which would then collide.
+    try:
+        return ipaddress.ip_address(spec.host.split("%", 1)[0]) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
+
+
+def _stream_socket(
+    spec: BindSpec,
+    family: int,
+    type_: int,
+    proto: int,
+    *,
+    reuse_port: bool,
+    reuse_addr: bool = True,
+) -> socket.socket:
+    sock = socket.socket(family, type_, proto)
+    try:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            v6only = 0 if _dual_stack(spec) else 1
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _open_tcp(spec: BindSpec, backlog: int | None, *, reuse_port: bool) -> list[Listener]:
     out: list[Listener] = []
     try:
-        for family, type_, proto, _name, sockaddr in infos:
-            if (family, sockaddr) in seen:
-                continue
-            seen.add((family, sockaddr))
-            sock = socket.socket(family, type_, proto)
+        for family, type_, proto, sockaddr in _resolve(spec):
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock = _stream_socket(spec, family, type_, proto, reuse_port=reuse_port)
+            except OSError as exc:
+                raise _bind_error(spec, exc) from None
+            try:
                 sock.bind(sockaddr)
                 sock.listen(backlog or MAX_BACKLOG)
                 sock.setblocking(False)
@@ -157,6 +208,103 @@ def _open_unix(spec: BindSpec, backlog: int | None, mode: int) -> Listener:
     return Listener(sock, f"unix:{spec.path}", unix_path=spec.path, unix_inode=inode)
 
 
+def _open_fd(spec: BindSpec, backlog: int | None) -> Listener:
+    """Take over inherited socket ``fd``: family and type are read from the socket.
+
+    A socket that is bound but not yet listening is made to listen. Refused (and left
+    open, since it is not ours then): a fd that is not a socket, or not a stream.
+    """
+    try:
+        sock = socket.socket(fileno=spec.fd)  # detects family, type and protocol
+    except OSError as exc:
+        raise _bind_error(spec, exc) from None
+    if sock.type != socket.SOCK_STREAM or sock.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
+        socket.AF_UNIX,
+    ):
+        kind = f"{sock.family.name}/{sock.type.name}"
+        sock.detach()
+        raise BindError(
+            errno.ESOCKTNOSUPPORT, f"cannot serve {spec}: {kind} is not a TCP or Unix stream"
+        )
+    try:
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.listen(backlog or MAX_BACKLOG)
+        sock.set_inheritable(False)  # systemd hands it over inheritable; our children don't need it
+        sock.setblocking(False)
+        if sock.family == socket.AF_UNIX:
+            name = sock.getsockname()
+            address = f"unix:{name if isinstance(name, str) else name.decode(errors='replace')}"
+        else:
+            address = _tcp_address(sock)
+    except OSError as exc:
+        sock.detach()
+        raise _bind_error(spec, exc) from None
+    # unix_path stays None: the socket file belongs to whoever bound it (systemd).
+    return Listener(sock, address)
+
+
+def reserve_tcp_ports(specs: Sequence[BindSpec]) -> tuple[list[socket.socket], list[BindSpec]]:
+    """Pick a concrete port for every TCP spec with port 0, for workers to share.
+
+    Each spec is bound (not listened on) with SO_REUSEPORT; a name with several
+    addresses gets the first one's port on all of them. The caller keeps the returned
+    sockets open for as long as the workers run, so the ports stay reserved for
+    sockets of this user with SO_REUSEPORT, and closes them at the end. Returns the
+    sockets and the specs with the concrete ports. Raises :class:`~triosrv.BindError`.
+    """
+    held: list[socket.socket] = []
+    resolved: list[BindSpec] = []
+    try:
+        for spec in specs:
+            if spec.kind != "tcp" or spec.port != 0:
+                resolved.append(spec)
+                continue
+            port = 0
+            for family, type_, proto, sockaddr in _resolve(spec):
+                # No SO_REUSEADDR: with it, Linux would let any SO_REUSEADDR socket
+                # bind over a socket that does not listen, and the port would not
+                # be reserved at all.
+                try:
+                    sock = _stream_socket(
+                        spec, family, type_, proto, reuse_port=True, reuse_addr=False
+                    )
+                except OSError as exc:
+                    raise _bind_error(spec, exc) from None
+                held.append(sock)
+                try:
+                    sock.bind((sockaddr[0], port, *sockaddr[2:]))
+                except OSError as exc:
+                    raise _bind_error(spec, exc) from None
+                port = sock.getsockname()[1]
+            resolved.append(BindSpec("tcp", host=spec.host, port=port))
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    return held, resolved
+
+
+def open_notify_receiver() -> tuple[socket.socket, str]:
+    """A datagram socket for sd_notify messages, and its ``NOTIFY_SOCKET`` value.
+
+    Bound in the abstract namespace (no file to clean up), non-blocking, with
+    SO_PASSCRED so every message arrives with its sender's pid, as systemd does it.
+    The caller closes it.
+    """
+    name = f"triosrv-notify-{os.getpid()}-{secrets.token_hex(6)}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.bind("\0" + name)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, "@" + name
+
+
 def configure_accepted(sock: socket.socket) -> None:
     """Options for an accepted connection: non-blocking, no Nagle delay, bounded unsent."""
     sock.setblocking(False)
@@ -169,7 +317,11 @@ def format_peer(sock: socket.socket, addr: object) -> str:
     """A peer address as ``HOST:PORT`` / ``[V6]:PORT``, or ``unix`` for Unix peers."""
     if isinstance(addr, tuple) and len(addr) >= 2:
         host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+        if sock.family != socket.AF_INET6:
+            return f"{host}:{port}"
+        if host.startswith("::ffff:") and "." in host:  # IPv4 on a dual-stack socket
+            return f"{host[7:]}:{port}"
+        return f"[{host}]:{port}"
     return "unix"
 
 

@@ -11,8 +11,10 @@ import time
 import trio
 
 from ._config import ServerConfig
-from ._errors import BindError, lone_exception
+from ._errors import BindError, ConfigError, lone_exception
 from ._server import Handler, Server, serve
+from ._systemd import notify
+from .diagnostics import serve_control
 
 logger = logging.getLogger("triosrv")
 
@@ -46,11 +48,23 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.propagate = False
 
 
-async def serve_until_signalled(handler: Handler, config: ServerConfig) -> Server:
+async def serve_until_signalled(
+    handler: Handler,
+    config: ServerConfig,
+    *,
+    control: str | None = None,
+    metrics: str | None = None,
+) -> Server:
     """Serve until SIGINT/SIGTERM; the first starts the graceful drain, a second
     cancels at once. Returns the stopped server (for its statistics).
 
-    Raises :class:`~triosrv.BindError` if a bind fails.
+    ``control`` is a Unix socket path for the control endpoint (``triosrv status``),
+    ``metrics`` a ``HOST:PORT`` for Prometheus; both run in the server's nursery and
+    stop with it.
+
+    Raises :class:`~triosrv.BindError` if a bind fails, :class:`~triosrv.ConfigError`
+    if the TLS files cannot be loaded. Sends ``READY=1`` once serving and
+    ``STOPPING=1`` on the first signal to ``NOTIFY_SOCKET``, when set (sd_notify).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
@@ -58,14 +72,17 @@ async def serve_until_signalled(handler: Handler, config: ServerConfig) -> Serve
                 server: Server = await nursery.start(serve, handler, config)
                 for address in server.addresses:
                     logger.info("listening on %s", address)
+                await _start_diagnostics(nursery, server, control, metrics)
+                notify("READY=1")  # systemd (Type=notify) or a worker supervisor
                 nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
                 await server.wait_closed()
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            bind_error = lone_exception(group, BindError)
-            if bind_error is None:
+            # A bind that fails, or a TLS file that cannot be loaded: one line, no group.
+            lone = lone_exception(group, BindError) or lone_exception(group, ConfigError)
+            if lone is None:
                 raise
-            raise bind_error from None
+            raise lone from None
     stats = server.statistics()
     logger.info(
         "stopped: %d connection(s) served, %d rejected, %d handler error(s)",
@@ -74,6 +91,21 @@ async def serve_until_signalled(handler: Handler, config: ServerConfig) -> Serve
         stats.handler_errors,
     )
     return server
+
+
+async def _start_diagnostics(
+    nursery: trio.Nursery, server: Server, control: str | None, metrics: str | None
+) -> None:
+    if control is not None:
+        address = await nursery.start(
+            serve_control, server, control, name=f"triosrv control endpoint unix:{control}"
+        )
+        logger.info("control socket on %s", address)
+    if metrics is not None:
+        from .diagnostics._metrics import serve_metrics  # the optional extra
+
+        url = await nursery.start(serve_metrics, server, metrics, name="triosrv metrics endpoint")
+        logger.info("metrics on %s", url)
 
 
 async def _watch_signals(
@@ -86,13 +118,16 @@ async def _watch_signals(
         name = signal.Signals(signum).name
         if count == 1:
             stats = server.statistics()
+            # Shut down first, log after: whoever reads this line (a test, an
+            # operator's script) can rely on the listeners being closed already.
+            server.shutdown()
             logger.info(
                 "%s: shutting down, draining %d connection(s) for up to %s s",
                 name,
                 stats.active,
                 "inf" if server._grace is None else f"{server._grace:g}",
             )
-            server.shutdown()
+            notify("STOPPING=1")
         else:
             logger.warning("%s again: cancelling %d connection(s) now", name, len(server._live))
             scope.cancel()

@@ -1,6 +1,6 @@
-"""serve() and Server: the nursery tree, accept loops, admission, drain, statistics.
+"""serve() and Server: the nursery tree, admission, drain, statistics.
 
-The tree (DESIGN.md)::
+The tree (DESIGN.md), as the default ``trio`` backend fills it::
 
     serve()                               server scope: cancelling it is a hard stop
      +- connection nursery                one task per connection, owns its fd
@@ -8,9 +8,16 @@ The tree (DESIGN.md)::
      |   +- connection task ...           runs the handler in the connection's scope
      +- listener nursery                  one accept loop per listening socket
 
-Shutdown has three bounded steps: the listener nursery is cancelled and the listening
-sockets closed, so the kernel refuses newcomers at once; running connections are told
-(``conn.draining``) and get ``grace`` seconds; then the connection nursery is cancelled.
+The Server owns what every design shares (the state machine, admission counters, the
+live-connection table, the deadline keeper, drain, statistics); a backend
+(``_backends/``, chosen by ``ServerConfig.backend``) accepts and serves. The loop
+backends put one task in the connection nursery instead of one per connection; the
+``blocking`` backend's connection tasks each wait for a thread.
+
+Shutdown has three bounded steps: the listener nursery is cancelled (and the backend
+told to stop watching the listeners) and the listening sockets closed, so the kernel
+refuses newcomers at once; running connections are told (``conn.draining``) and get
+``grace`` seconds; then the connection nursery is cancelled.
 """
 
 from __future__ import annotations
@@ -26,22 +33,22 @@ import attrs
 import trio
 
 from ._accept import RESOURCE_ERRNOS, FdReserve
+from ._backends import check_backend, make_backend
+from ._backends._trio import TrioBackend
 from ._config import ServerConfig
-from ._connection import Connection, SocketConnection
-from ._deadlines import DeadlineKeeper
+from ._connection import Connection
+from ._deadlines import DeadlineKeeper, LiveConnection
 from ._errors import TIMEOUT_KINDS, ConnectionTimeout
 from ._listeners import Listener, configure_accepted, format_local, format_peer, open_listeners
+from ._preamble import Preamble
+from .diagnostics._blocking import BlockingDetector
 
 logger = logging.getLogger("triosrv")
 
 Handler = Callable[[Connection], Awaitable[object]]
 
-# After an out-of-resources accept error, how long the accept loop rests.
+# After an out-of-resources accept error, how long accepting rests.
 ACCEPT_PAUSE = 0.1
-# How many connections one accept loop takes from the kernel before it lets other
-# tasks run. Taking the whole queue in one go is what makes a burst of 1000 clients
-# cheap: one accept per scheduler pass made trio.serve_tcp quadratic in the burst.
-ACCEPT_BATCH = 256
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +69,15 @@ class ServerStatistics:
     accept_errors: int
     #: Connections accepted and closed at once while out of fds (see ``_accept.py``).
     shed: int
+    #: Connections closed before the handler, by kind: ``proxy_header`` (bad or
+    #: missing), ``proxy_refused`` (source not allowed), ``tls`` (see ``_preamble.py``).
+    handshake_failures: Mapping[str, int] = attrs.field(factory=dict)
+    #: Task steps that held the event loop past ``ServerConfig.warn_blocking``.
+    blocking_warnings: int = 0
+    #: The server design serving (``ServerConfig.backend``).
+    backend: str = "trio"
+    #: Connections the ``select`` backend refused: their fd was >= FD_SETSIZE (1024).
+    refused_fd_setsize: int = 0
 
 
 class Server:
@@ -75,12 +91,16 @@ class Server:
         self._handler = handler
         self._listeners: list[Listener] = []
         self._state: Literal["starting", "serving", "draining", "closed"] = "starting"
-        self._live: dict[int, Connection] = {}
+        self._live: dict[int, LiveConnection] = {}
         self._keeper = DeadlineKeeper(config.timeouts, self._live)
+        # TLS and PROXY run before the handler (None when neither is configured).
+        self._preamble = Preamble.from_config(config, timeouts_fired=self._keeper.fired)
         self._next_id = 0
         self._peak = self._accepted = self._rejected = self._completed = 0
         self._handler_errors = self._broken = self._accept_errors = self._shed = 0
+        self._refused_fd_setsize = 0
         self._reserve: FdReserve | None = None
+        self._blocking: BlockingDetector | None = None
         self._closed_bytes_in = self._closed_bytes_out = 0
         self._slot_freed: trio.Event | None = None
         self._all_done: trio.Event | None = None
@@ -89,6 +109,7 @@ class Server:
         self._listen_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
         self.addresses: list[str] = []
+        self._backend = make_backend(self, handler)
 
     # -- public -------------------------------------------------------------------
 
@@ -114,10 +135,20 @@ class Server:
             bytes_sent=self._closed_bytes_out + sum(c.bytes_sent for c in live),
             accept_errors=self._accept_errors,
             shed=self._shed,
+            handshake_failures=dict(self._preamble.failures) if self._preamble else {},
+            blocking_warnings=self._blocking.count if self._blocking else 0,
+            backend=self.config.backend,
+            refused_fd_setsize=self._refused_fd_setsize,
         )
 
-    def connections(self) -> list[Connection]:
-        """The live connections (the objects themselves; read, don't keep)."""
+    def connections(self) -> list[LiveConnection]:
+        """The live connections (the objects themselves; read, don't keep).
+
+        With the ``trio`` backend they are :class:`Connection` objects; the other
+        backends give :class:`triosrv.lowlevel.ConnectionRecord` objects, with the same
+        ``id``, ``peer``, ``local``, ``started_at``, byte counters, ``draining`` and
+        ``timed_out``.
+        """
         return list(self._live.values())
 
     def shutdown(self, grace: float | None = None) -> None:
@@ -136,6 +167,8 @@ class Server:
                 conn.draining = True
             if self._listen_scope is not None:
                 self._listen_scope.cancel()
+                if self._backend.closes_listeners_at_once:
+                    self._close_listeners()  # refused from now on, not queued
         elif self._state == "draining" and grace is not None:
             self._grace = grace if self._grace is None else min(self._grace, grace)
             if self._drain_scope is not None:
@@ -155,8 +188,15 @@ class Server:
         Admission applies: with ``overload="wait"`` this waits for a free slot, with
         ``"reject"`` a full server closes the stream and returns None. The server owns
         the stream from here on. Meant for tests over ``trio.testing.memory_stream_pair``
-        and for streams a program obtained some other way.
+        and for streams a program obtained some other way. Only the ``trio`` backend
+        serves streams (RuntimeError otherwise).
         """
+        backend = self._backend
+        if not isinstance(backend, TrioBackend):
+            await trio.aclose_forcefully(stream)
+            raise RuntimeError(
+                f"add_stream() needs the 'trio' backend; this server runs {backend.name!r}"
+            )
         if self._conn_nursery is None or self._state not in ("serving", "starting"):
             await trio.aclose_forcefully(stream)
             raise trio.ClosedResourceError("server is not serving")
@@ -167,7 +207,7 @@ class Server:
             await trio.aclose_forcefully(stream)
             return None
         conn = Connection(stream, peer=peer, local=local, recv_size=self.config.limits.recv_size)
-        self._start_connection(conn)
+        backend.start_connection(conn)
         return conn
 
     # -- the tree -------------------------------------------------------------------
@@ -182,10 +222,7 @@ class Server:
                 conn_nursery.start_soon(self._keeper.run, name="triosrv deadline keeper")
                 async with trio.open_nursery() as listen_nursery:
                     self._listen_scope = listen_nursery.cancel_scope
-                    for listener in self._listeners:
-                        listen_nursery.start_soon(
-                            self._accept_loop, listener, name=f"triosrv listener {listener.address}"
-                        )
+                    await self._backend.start(listen_nursery, conn_nursery)
                     if self._state == "starting":
                         self._state = "serving"
                     else:  # shutdown() was called before we got here
@@ -194,6 +231,7 @@ class Server:
                     # Serving lasts until shutdown() cancels this scope, even with no
                     # listener at all (a server fed only through add_stream()).
                     await trio.sleep_forever()
+                await self._backend.stop_accepting()
                 self._close_listeners()
                 await self._drain()
                 conn_nursery.cancel_scope.cancel()
@@ -235,31 +273,29 @@ class Server:
                 self._slot_freed = trio.Event()
             await self._slot_freed.wait()
 
-    async def _accept_loop(self, listener: Listener) -> None:
-        sock = listener.sock
-        wait_mode = self.config.limits.overload == "wait"
-        batch = 0
-        while True:
-            if wait_mode and len(self._live) >= self.config.limits.max_connections:
-                await self._wait_for_slot()
-            try:
-                conn_sock, addr = sock.accept()
-            except BlockingIOError:
-                batch = 0
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError as exc:
-                if exc.errno not in RESOURCE_ERRNOS:
-                    raise
-                await self._out_of_resources(listener, exc)
-                continue
-            self._admit(conn_sock, addr)
-            batch += 1
-            if batch >= ACCEPT_BATCH:
-                batch = 0
-                await trio.lowlevel.checkpoint()
+    # -- what every backend reports to the server (see _backends/_base.py) -----------
 
-    async def _out_of_resources(self, listener: Listener, exc: OSError) -> None:
+    def _admit(self, sock: socket.socket, addr: object) -> tuple[str, str] | None:
+        """Count an accepted socket, reject it when full (``overload="reject"``),
+        configure it; return (peer, local), or None once it is closed."""
+        self._accepted += 1
+        if len(self._live) >= self.config.limits.max_connections:
+            self._rejected += 1
+            sock.close()
+            return None
+        try:
+            configure_accepted(sock)
+            return format_peer(sock, addr), format_local(sock)
+        except OSError:  # the peer reset before we looked at it: nothing to serve
+            self._broken += 1
+            sock.close()
+            return None
+
+    def _accept_failed(self, listener: Listener, exc: OSError) -> float:
+        """accept() failed: re-raise unless out of resources; shed the queue on
+        EMFILE/ENFILE (see ``_accept.py``), count, log; return how long to pause."""
+        if exc.errno not in RESOURCE_ERRNOS:
+            raise exc
         self._accept_errors += 1
         shed = 0
         if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve is not None:
@@ -272,84 +308,44 @@ class Server:
             shed,
             ACCEPT_PAUSE,
         )
-        await trio.sleep(ACCEPT_PAUSE)
+        return ACCEPT_PAUSE
 
-    def _admit(self, sock: socket.socket, addr: object) -> None:
-        self._accepted += 1
-        if len(self._live) >= self.config.limits.max_connections:
-            self._rejected += 1
-            sock.close()
-            return
-        try:
-            configure_accepted(sock)
-            peer = format_peer(sock, addr)
-            local = format_local(sock)
-        except OSError:  # the peer reset before we looked at it: nothing to serve
-            self._broken += 1
-            sock.close()
-            return
-        conn = SocketConnection(
-            sock, peer=peer, local=local, recv_size=self.config.limits.recv_size
-        )
-        self._start_connection(conn)
-
-    def _start_connection(self, conn: Connection) -> None:
-        assert self._conn_nursery is not None
+    def _track(self, conn: LiveConnection) -> None:
+        """Give ``conn`` its id and count it live."""
         self._next_id += 1
         conn.id = self._next_id
         conn.draining = self._state == "draining"
         self._live[conn.id] = conn
         if len(self._live) > self._peak:
             self._peak = len(self._live)
-        self._conn_nursery.start_soon(
-            self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
-        )
 
-    async def _run_connection(self, conn: Connection) -> None:
-        try:
-            with trio.CancelScope() as conn._cancel_scope:
-                conn.task = trio.lowlevel.current_task()
-                await self._call_handler(conn)
-        finally:
-            del self._live[conn.id]
-            self._completed += 1
-            self._closed_bytes_in += conn.bytes_received
-            self._closed_bytes_out += conn.bytes_sent
-            if self._slot_freed is not None:
-                self._slot_freed.set()
-                self._slot_freed = None
-            if self._all_done is not None and not self._live:
-                self._all_done.set()
-            await conn._aclose_forcefully()
+    def _untrack(self, conn: LiveConnection) -> None:
+        """``conn`` has ended: count it, free its slot, wake the drain when all are done."""
+        del self._live[conn.id]
+        self._completed += 1
+        self._closed_bytes_in += conn.bytes_received
+        self._closed_bytes_out += conn.bytes_sent
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+            self._slot_freed = None
+        if self._all_done is not None and not self._live:
+            self._all_done.set()
 
-    async def _call_handler(self, conn: Connection) -> None:
-        try:
-            await self._handler(conn)
-        except (ConnectionTimeout, trio.BrokenResourceError) as exc:
-            self._peer_ended(conn, exc)
-        except Exception as exc:
-            expected, unexpected = _split_expected(exc)
-            if unexpected is None:
-                self._peer_ended(conn, expected or exc)
-                return
-            self._handler_errors += 1
-            if self.config.handler_errors == "raise":
-                raise
-            logger.error(
-                "handler error on connection %d from %s", conn.id, conn.peer, exc_info=unexpected
-            )
-
-    def _peer_ended(self, conn: Connection, exc: BaseException) -> None:
+    def _count_broken(self, conn: LiveConnection, exc: BaseException) -> None:
+        """The peer went away or a timeout fired (already counted by the keeper)."""
         if not isinstance(exc, ConnectionTimeout) and conn.timed_out is None:
             self._broken += 1
         logger.debug("connection %d from %s ended: %s", conn.id, conn.peer, exc)
 
-
-def _split_expected(exc: Exception) -> tuple[BaseException | None, BaseException | None]:
-    """Split a handler's exception group into peer/timeout endings and real errors."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return None, exc
-    return exc.split((ConnectionTimeout, trio.BrokenResourceError))
+    def _count_failure(
+        self, conn: LiveConnection, exc: BaseException, raised: BaseException | None = None
+    ) -> None:
+        """The handler (or protocol) raised ``exc``: count and log it with the peer, or
+        re-raise ``raised`` (default ``exc``) with ``handler_errors="raise"``."""
+        self._handler_errors += 1
+        if self.config.handler_errors == "raise":
+            raise raised or exc
+        logger.error("handler error on connection %d from %s", conn.id, conn.peer, exc_info=exc)
 
 
 async def serve(
@@ -379,9 +375,21 @@ async def serve(
     ``handler_errors="raise"``, the handler's exception.
     """
     config = config or ServerConfig()
+    check_backend(config, handler)
     server = Server(handler, config)
     server._listeners = open_listeners(
-        config.bind_specs, backlog=config.backlog, unix_mode=config.unix_mode
+        config.bind_specs,
+        backlog=config.backlog,
+        unix_mode=config.unix_mode,
+        reuse_port=config.reuse_port,
     )
     server.addresses = [listener.address for listener in server._listeners]
-    await server._run(task_status)
+    if config.warn_blocking is None:
+        await server._run(task_status)
+        return
+    server._blocking = BlockingDetector(config.warn_blocking)
+    trio.lowlevel.add_instrument(server._blocking)
+    try:
+        await server._run(task_status)
+    finally:
+        trio.lowlevel.remove_instrument(server._blocking)

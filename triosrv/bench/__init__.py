@@ -1,7 +1,24 @@
-"""Tools that measure servers: an echo load generator with its own event loop."""
+"""Tools that measure servers: an echo load generator with its own event loop, and the
+benchmarks of ``triosrv bench`` (backends, threads vs tasks, CPU-bound work)."""
 
 from __future__ import annotations
 
+from ._backends import BACKENDS, BackendsPlan
+from ._backends_report import bench_backends
+from ._cpu import bench_cpu
 from ._load import LoadResult, run_load
+from ._loadcmd import bench_load
+from ._servers import BenchError
+from ._tvt import bench_threads_vs_tasks
 
-__all__ = ["LoadResult", "run_load"]
+__all__ = [
+    "BACKENDS",
+    "BackendsPlan",
+    "BenchError",
+    "LoadResult",
+    "bench_backends",
+    "bench_cpu",
+    "bench_load",
+    "bench_threads_vs_tasks",
+    "run_load",
+]

@@ -11,14 +11,30 @@ from ._chargen import CHARGEN_LINE_LENGTH, Chargen, chargen_line
 from ._daytime import Daytime
 from ._discard import Discard
 from ._echo import Echo
+from ._proxy import (
+    PROXY_V1_MAX_LENGTH,
+    PROXY_V2_SIGNATURE,
+    ProxyHeader,
+    ProxyProtocolError,
+    encode_proxy_v1,
+    encode_proxy_v2,
+    parse_proxy_header,
+)
 
 __all__ = [
     "CHARGEN_LINE_LENGTH",
+    "PROXY_V1_MAX_LENGTH",
+    "PROXY_V2_SIGNATURE",
     "Chargen",
     "Daytime",
     "Discard",
     "Echo",
     "Protocol",
     "ProtocolFactory",
+    "ProxyHeader",
+    "ProxyProtocolError",
     "chargen_line",
+    "encode_proxy_v1",
+    "encode_proxy_v2",
+    "parse_proxy_header",
 ]

@@ -1,0 +1,245 @@
+"""Echo speed of triosrv against the servers a user would otherwise pick, in one run.
+
+Usage::
+
+    python scripts/bench_peers.py [--quick] [--runs N] [--duration S] [--warmup S]
+                                  [--connections 1,50,1000] [--size BYTES] [--json]
+
+The peers: plain ``trio.serve_tcp`` (``scripts/_trio_echo_baseline.py``), anyio on
+trio, asyncio streams, an ``asyncio.Protocol`` on asyncio's loop and on uvloop
+(``scripts/peers/``), and ``triosrv listen`` with its default backend and with
+``--backend epoll`` (its fastest) when that option exists. A peer whose package is
+missing (anyio, uvloop: ``pip install -e '.[peers]'``) is skipped with a note.
+
+Every server runs in its own process pinned to one CPU, the load generator
+(`triosrv.bench.run_load`, in this process) on another. For each connection count the
+servers are measured in turn, ``--runs`` rounds, the order rotating each round so that
+no server always follows the same one; the table shows the median round trips per
+second and p99, the spread of the runs, and the ratios to plain ``trio.serve_tcp`` and
+to asyncio streams (the medians of the per-round ratios, which cancel the machine's
+drift). Every server is stopped before anything is printed. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from triosrv.bench import LoadResult, run_load  # noqa: E402
+from triosrv.bench._report import fmt, median, progress, ratio, spread  # noqa: E402
+from triosrv.bench._servers import (  # noqa: E402
+    BenchError,
+    Server,
+    listen_has_backend,
+    machine_facts,
+    machine_lines,
+    plan_cpus,
+    process_cpu_seconds,
+    running_server,
+    triosrv_listen_cmd,
+)
+
+PEERS = REPO / "scripts" / "peers"
+PY = sys.executable
+CONNECT_TIMEOUT = 10.0  # plain trio.serve_tcp needs seconds for a 1000-client burst
+BASELINES = ("trio.serve_tcp", "asyncio streams")
+
+
+def peer_commands() -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The servers to measure, and a note for each one skipped."""
+    commands: dict[str, list[str]] = {
+        "trio.serve_tcp": [PY, str(REPO / "scripts" / "_trio_echo_baseline.py")],
+    }
+    notes: dict[str, str] = {}
+    if importlib.util.find_spec("anyio"):
+        commands["anyio (trio)"] = [PY, str(PEERS / "anyio_trio.py")]
+    else:
+        notes["anyio (trio)"] = "anyio is not installed (pip install -e '.[peers]')"
+    commands["asyncio streams"] = [PY, str(PEERS / "asyncio_streams.py")]
+    commands["asyncio Protocol"] = [PY, str(PEERS / "asyncio_protocol.py")]
+    if importlib.util.find_spec("uvloop"):
+        commands["uvloop Protocol"] = [PY, str(PEERS / "asyncio_protocol.py"), "--uvloop"]
+    else:
+        notes["uvloop Protocol"] = "uvloop is not installed (pip install -e '.[peers]')"
+    commands["triosrv default"] = triosrv_listen_cmd()
+    if listen_has_backend():
+        commands["triosrv epoll"] = triosrv_listen_cmd("--backend", "epoll")
+    else:
+        notes["triosrv epoll"] = "this triosrv has no --backend option yet"
+    return commands, notes
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``--quick`` changes the defaults, explicit values win."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="Shorter runs, C=50 and 1000.")
+    parser.add_argument("--runs", type=int, default=3, help="Rounds over all servers.")
+    parser.add_argument("--duration", type=float, help="Measured seconds per run.")
+    parser.add_argument("--warmup", type=float, help="Warm-up seconds per run.")
+    parser.add_argument("--connections", help="Comma-separated counts (default 1,50,1000).")
+    parser.add_argument("--size", type=int, default=64, help="Message bytes (default 64).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON document.")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.size < 1:
+        parser.error("--runs and --size must be at least 1")
+    if args.duration is None:
+        args.duration = 1.0 if args.quick else 2.0
+    if args.warmup is None:
+        args.warmup = 0.2 if args.quick else 0.5
+    default = "50,1000" if args.quick else "1,50,1000"
+    try:
+        args.connections = [int(c) for c in (args.connections or default).split(",")]
+    except ValueError:
+        parser.error("--connections takes comma-separated integers, e.g. 1,50,1000")
+    if args.duration <= 0 or args.warmup < 0 or min(args.connections) < 1:
+        parser.error("--duration and --connections must be > 0 and --warmup >= 0")
+    return args
+
+
+def measure(server: Server, connections: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One run against one server: the generator's result plus the server's CPU share."""
+    cpu0, t0 = process_cpu_seconds(server.proc.pid), time.monotonic()
+    result: LoadResult = run_load(
+        "127.0.0.1",
+        server.port,
+        connections=connections,
+        size=args.size,
+        duration=args.duration,
+        warmup=args.warmup,
+        connect_timeout=CONNECT_TIMEOUT,
+    )
+    cpu1, wall = process_cpu_seconds(server.proc.pid), time.monotonic() - t0
+    server.check_alive(f"C={connections}")
+    server_cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall
+    return {**result.to_dict(), "server_cpu": server_cpu}
+
+
+def run_all(servers: list[Server], args: argparse.Namespace) -> dict[int, dict[str, list[Any]]]:
+    """Measure every connection count on every server, rotating the order each round."""
+    results: dict[int, dict[str, list[Any]]] = {}
+    per_run = args.warmup + args.duration + 0.3
+    total = len(args.connections) * args.runs * len(servers) * per_run
+    with progress("bench_peers", total):
+        for connections in args.connections:
+            runs: dict[str, list[Any]] = {s.name: [] for s in servers}
+            for round_number in range(args.runs):
+                shift = round_number % len(servers)
+                for server in servers[shift:] + servers[:shift]:
+                    runs[server.name].append(measure(server, connections, args))
+            results[connections] = runs
+    return results
+
+
+def pair_ratio(runs: dict[str, list[Any]], name: str, base: str, key: str) -> float | None:
+    """Median over the rounds of name/base: each round's two runs were made close together."""
+    if base not in runs:
+        return None
+    return median([ratio(a[key], b[key]) for a, b in zip(runs[name], runs[base], strict=True)])
+
+
+def summarize(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
+    """One row per (connection count, server) with medians, spread and ratios."""
+    rows = []
+    for connections, runs in results.items():
+        for name, measured in runs.items():
+            rtps = [m["rtps"] for m in measured]
+            rows.append(
+                {
+                    "connections": connections,
+                    "server": name,
+                    "rtps": median(rtps),
+                    "rtps_spread": spread(rtps),
+                    "p99_us": median([m["p99_us"] for m in measured]),
+                    "server_cpu": median([m["server_cpu"] for m in measured]),
+                    "errors": sum(m["errors"] for m in measured),
+                    "generator_saturated": any(m["generator_saturated"] for m in measured),
+                    "vs_trio": pair_ratio(runs, name, BASELINES[0], "rtps"),
+                    "vs_asyncio": pair_ratio(runs, name, BASELINES[1], "rtps"),
+                    "runs": measured,
+                }
+            )
+    return rows
+
+
+def print_report(doc: dict[str, Any]) -> None:
+    """The table for people."""
+    s = doc["settings"]
+    print(
+        f"echo {s['size']} B, medians of {s['runs']} rounds of {s['duration']:g} s per server "
+        f"(after >= {s['warmup']:g} s warm-up), servers measured in rotating order"
+    )
+    for line in machine_lines(doc["machine"]):
+        print(line)
+    print(f"command: {doc['command']}")
+    print(
+        f"\n{'C':>5}  {'server':<18}{'rt/s':>10} {'spread':>7}{'p99 us':>9}{'srv cpu':>8}"
+        f"{'errors':>7}{'vs trio':>9}{'vs asyncio':>11}"
+    )
+    saturated = False
+    for row in doc["rows"]:
+        star = "*" if row["generator_saturated"] else " "
+        saturated |= row["generator_saturated"]
+        print(
+            f"{row['connections']:>5}  {row['server']:<18}{fmt(row['rtps'], ',.0f'):>10}{star}"
+            f"{fmt(row['rtps_spread'], '.0%'):>7}{fmt(row['p99_us'], ',.0f'):>9}"
+            f"{fmt(row['server_cpu'], '.0%'):>8}{row['errors']:>7}"
+            f"{fmt(row['vs_trio'], '.2f', 'x'):>9}{fmt(row['vs_asyncio'], '.2f', 'x'):>11}"
+        )
+    print(
+        "spread: (max - min) / median of the runs; vs: median of the per-round ratios of "
+        "rt/s; srv cpu: the server's CPU share over the run"
+    )
+    if saturated:
+        print("* the load generator used over 90% of its CPU: that rate is generator-bound")
+    for name, note in doc["skipped"].items():
+        print(f"skipped {name}: {note}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; 0 on success, 1 when a server failed."""
+    args = parse_args(argv)
+    commands, notes = peer_commands()
+    cpus = plan_cpus()
+    machine = machine_facts(cpus)  # before pinning this process to one CPU
+    if cpus:
+        os.sched_setaffinity(0, {cpus[1]})
+    try:
+        with ExitStack() as stack:
+            servers = [
+                stack.enter_context(running_server(name, cmd, cpus[0] if cpus else None))
+                for name, cmd in commands.items()
+            ]
+            results = run_all(servers, args)
+        # Leaving the ExitStack stopped every server: only now is anything printed.
+    except BenchError as exc:
+        print(f"bench_peers: {exc}", file=sys.stderr)
+        return 1
+    doc = {
+        "command": shlex.join(["python", "scripts/bench_peers.py", *(argv or sys.argv[1:])]),
+        "machine": machine,
+        "settings": {**vars(args), "connect_timeout": CONNECT_TIMEOUT},
+        "commands": commands,
+        "skipped": notes,
+        "rows": summarize(results),
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_report(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Tests of the ``triosrv bench`` tools and scripts/bench_peers.py, each at a tiny size.
+
+They check the shape of what each tool prints and that it cleans up (the autouse
+``no_leaks`` fixture checks fds and threads); no test asserts a speed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from triosrv.bench import BackendsPlan, bench_backends, bench_threads_vs_tasks
+from triosrv.bench._conns import ConnectionPool, ping_pong
+from triosrv.bench._loadcmd import parse_target
+from triosrv.bench._report import progress
+from triosrv.bench._servers import listen_has_backend, running_server
+from triosrv.bench._tvt import thread_switch_us, trio_switch_us
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINE = [sys.executable, str(REPO / "scripts" / "_trio_echo_baseline.py")]
+TRIOSRV = [sys.executable, "-m", "triosrv"]
+TINY_PLAN = BackendsPlan(
+    wait_ns=(2, 4),
+    max_cap=8,
+    echo_connections=(1, 2),
+    echo_duration=0.1,
+    echo_warmup=0.05,
+    ping_count=50,
+    ping_seconds=0.05,
+    idle_seconds=0.05,
+    idle_connections=2,
+    cancel_connections=4,
+    cancel_timeout=10.0,
+)
+needs_backends = pytest.mark.skipif(
+    not listen_has_backend(), reason="triosrv listen has no --backend option in this tree"
+)
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    with running_server("baseline", BASELINE, None) as server:
+        yield server.port
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TRIOSRV, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:9", ("::1", 9))]
+)
+def test_parse_target_accepts_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_target(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", ":80", "host:port", "[::1]80"])
+def test_parse_target_refuses_other_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_target(text)
+
+
+def test_progress_draws_and_joins_its_thread_when_enabled() -> None:
+    out = io.StringIO()
+    with progress("work", 0.05, stream=out, enabled=True):
+        # real sleep: the bar is drawn by a thread on a wall-clock tick (0.2 s)
+        time.sleep(0.5)
+    assert "work [" in out.getvalue()
+    assert out.getvalue().endswith("\r")
+
+
+def test_progress_is_silent_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    with progress("work", 0.05, stream=out):
+        pass
+    assert out.getvalue() == ""
+
+
+def test_bench_load_prints_rates_latencies_errors_and_cpu(echo_port: int) -> None:
+    done = _run(
+        *("bench", "load", "--target", f"127.0.0.1:{echo_port}", "--connections", "2"),
+        *("--duration", "0.2", "--warmup", "0.05"),
+    )
+    assert done.returncode == 0, done.stderr
+    for label in ("round trips/s", "p99.9", "errors          0", "generator CPU"):
+        assert label in done.stdout
+    assert "[" not in done.stderr  # no progress bar when stdout is not a terminal
+
+
+def test_bench_load_json_has_every_figure(echo_port: int) -> None:
+    done = _run(
+        *("bench", "load", "--target", f"127.0.0.1:{echo_port}", "--connections", "3"),
+        *("--duration", "0.2", "--warmup", "0.05", "--pipeline", "2", "--json"),
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["connections"] == 3
+    assert doc["errors"] == 0
+    assert doc["round_trips"] > 0
+    assert {"p50_us", "p90_us", "p99_us", "p999_us", "cpu_seconds", "warnings"} <= set(doc)
+
+
+def test_bench_load_refuses_a_bad_target_in_one_line() -> None:
+    done = _run("bench", "load", "--target", "nowhere", "--duration", "0.1")
+    assert done.returncode == 2
+    assert "HOST:PORT" in done.stderr
+
+
+def test_connection_pool_opens_served_connections_and_sees_them_closed() -> None:
+    with running_server("baseline", BASELINE, None) as server:
+        pool = ConnectionPool(server.port, batch=3)
+        try:
+            assert pool.open_served(7) == 7
+            assert pool.failure is None
+            assert len(ping_pong(server.port, count=20, max_seconds=5.0)) == 20
+            server.proc.kill()  # by pid: our own child
+            assert pool.wait_all_closed(10.0) is not None
+        finally:
+            pool.close()
+
+
+def test_connection_pool_stops_at_a_refused_connection() -> None:
+    with socket.socket() as placeholder:  # bound, not listening: connects are refused
+        placeholder.bind(("127.0.0.1", 0))
+        pool = ConnectionPool(placeholder.getsockname()[1], timeout=5.0)
+        try:
+            assert pool.open_served(4) == 0
+        finally:
+            pool.close()
+    assert pool.failure is not None
+    assert "refused" in pool.failure.lower()
+
+
+def test_switch_benchmarks_measure_a_positive_cost() -> None:
+    assert thread_switch_us(200) > 0
+    assert trio_switch_us(200) > 0
+
+
+def test_bench_backends_reports_every_row_for_trio() -> None:
+    out = io.StringIO()
+    doc = bench_backends(["trio"], TINY_PLAN, out=out)
+    row = doc["backends"][0]
+    assert row["max_served"] == 8
+    assert not row["max_limited"]
+    assert set(row["wait_us"]) == {"2", "4"}
+    assert all(v is not None and v > 0 for v in row["wait_us"].values())
+    assert set(row["echo"]) == {"1", "2"}
+    assert row["idle_cpu"] is not None
+    assert row["cancel"]["connections"] == 4
+    assert row["cancel"]["ms"] is not None
+    text = out.getvalue()
+    for label in ("connections served", "wait us, N=4 idle", "echo p99 us, C=2", "cancel ms"):
+        assert label in text
+
+
+def test_plot_backends_writes_a_png(tmp_path: Path) -> None:
+    # In a child process: matplotlib keeps its font files open for the process's life.
+    pytest.importorskip("matplotlib")
+    row = {"backend": "poll", "wait_us": {"10": 30.0, "100": 41.0}, "echo": {"1": {"rtps": 9e3}}}
+    doc = {"machine": {"cpu_count": 2, "kernel": "Linux", "python": "3"}, "backends": [row]}
+    png = tmp_path / "backends.png"
+    code = (
+        "import json, sys; from triosrv.bench._plot import plot_backends; "
+        "plot_backends(json.loads(sys.argv[1]), sys.argv[2])"
+    )
+    subprocess.run([sys.executable, "-c", code, json.dumps(doc), str(png)], check=True, timeout=60)
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_threads_vs_tasks_reports_memory_and_open_time() -> None:
+    out = io.StringIO()
+    doc = bench_threads_vs_tasks(
+        counts=(10,), switch_round_trips=100, models=[("trio", "tasks")], out=out
+    )
+    run = doc["models"][0]["runs"][0]
+    assert run["opened"] == 10
+    assert run["open_ms"] is not None
+    assert run["rss_per_connection"] is not None
+    assert set(doc["switch_us"]) == {"threads", "tasks"}
+    assert "memory per idle conn, N=10" in out.getvalue()
+
+
+def test_bench_cpu_reports_each_mode() -> None:
+    done = _run(
+        *("bench", "cpu", "--work-ms", "1", "--clients", "2"),
+        *("--duration", "0.3", "--warmup", "0.1", "--json"),
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    modes = [m["mode"] for m in doc["modes"]] + list(doc["skipped"])
+    assert sorted(modes) == ["inline", "process", "thread"]
+    for mode in doc["modes"]:
+        assert mode["requests"] > 0
+        assert mode["canary_samples"] > 0
+        assert mode["canary_p50_ms"] <= mode["canary_p99_ms"]
+
+
+@needs_backends
+def test_bench_backends_cli_measures_the_select_limit() -> None:
+    done = _run(
+        *("bench", "backends", "--backend", "select", "--backend", "epoll", "--quick"),
+        *("--connections", "1", "--json"),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {r["backend"]: r for r in json.loads(done.stdout)["backends"]}
+    assert rows["select"]["max_limited"]
+    assert rows["select"]["max_served"] < 1024
+    assert rows["epoll"]["max_served"] > 1024
+
+
+@needs_backends
+def test_bench_threads_vs_tasks_cli_compares_threads_and_tasks() -> None:
+    done = _run("bench", "threads-vs-tasks", "--connections", "20", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert [m["kind"] for m in doc["models"]] == ["threads", "tasks"]
+    assert all(m["runs"][0]["opened"] == 20 for m in doc["models"])
+
+
+def test_bench_peers_measures_every_peer_and_ratios() -> None:
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_peers.py"),
+        *("--runs", "1", "--duration", "0.15", "--warmup", "0.05", "--connections", "2"),
+        "--json",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    names = {row["server"] for row in doc["rows"]} | set(doc["skipped"])
+    assert {"trio.serve_tcp", "asyncio streams", "asyncio Protocol", "triosrv default"} <= names
+    assert {"anyio (trio)", "uvloop Protocol", "triosrv epoll"} <= names
+    by_name = {row["server"]: row for row in doc["rows"]}
+    assert by_name["trio.serve_tcp"]["vs_trio"] == pytest.approx(1.0)
+    assert by_name["asyncio streams"]["vs_asyncio"] == pytest.approx(1.0)
+    assert all(row["errors"] == 0 for row in doc["rows"])
+    assert doc["machine"]["cpu_count"] >= 1

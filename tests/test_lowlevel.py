@@ -1,0 +1,282 @@
+"""triosrv.lowlevel: fd waits and closing, the three multiplexers, interruptible threads."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from triosrv import lowlevel
+from triosrv.lowlevel import (
+    FD_SETSIZE,
+    READABLE,
+    WRITABLE,
+    EpollMultiplexer,
+    Multiplexer,
+    PollMultiplexer,
+    SelectMultiplexer,
+    TryEveryFd,
+)
+
+MULTIPLEXERS: list[Callable[[], Multiplexer]] = [
+    SelectMultiplexer,
+    PollMultiplexer,
+    EpollMultiplexer,
+]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.fixture(params=MULTIPLEXERS, ids=lambda m: m.__name__)
+def mux(request: pytest.FixtureRequest) -> Iterator[Multiplexer]:
+    made: Multiplexer = request.param()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+# -- fds ---------------------------------------------------------------------------
+
+
+async def test_wait_readable_returns_when_bytes_arrive(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lowlevel.wait_readable, a)
+        await trio.testing.wait_all_tasks_blocked()
+        b.send(b"x")
+    assert a.recv(1) == b"x"
+    await lowlevel.wait_writable(a.fileno())  # an empty send buffer: at once
+
+
+async def test_wait_readable_allows_one_waiter_per_direction(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, _b = pair
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lowlevel.wait_readable, a)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await lowlevel.wait_readable(a)
+        await lowlevel.wait_writable(a)  # the other direction is free
+        nursery.cancel_scope.cancel()
+
+
+async def test_close_fd_wakes_the_waiter_before_closing() -> None:
+    a, b = socket.socketpair()
+    results: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await lowlevel.wait_readable(a)
+        except trio.ClosedResourceError as exc:
+            results.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        lowlevel.close_fd(a)
+    assert len(results) == 1
+    assert a.fileno() == -1
+    lowlevel.close_fd(a)  # a closed socket: nothing to do
+    raw = os.dup(b.fileno())
+    lowlevel.close_fd(raw)  # an int: closed with os.close
+    with pytest.raises(OSError):
+        os.fstat(raw)
+    b.close()
+
+
+# -- the multiplexers ----------------------------------------------------------------
+
+
+async def test_multiplexer_reports_readable_then_writable(
+    mux: Multiplexer, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    mux.register(a.fileno(), READABLE)
+    assert len(mux) == 1 and a.fileno() in mux
+    with trio.move_on_after(0.05):
+        assert await mux.wait() == []
+        pytest.fail("nothing was ready")
+    b.send(b"x")
+    assert await mux.wait() == [(a.fileno(), READABLE)]
+    mux.modify(a.fileno(), WRITABLE)
+    assert await mux.wait() == [(a.fileno(), WRITABLE)]
+    mux.unregister(a.fileno())
+    assert len(mux) == 0
+    assert await mux.wait(timeout=0.01) == []
+    assert mux.calls >= 3
+
+
+async def test_multiplexer_register_twice_or_unknown_is_keyerror(
+    mux: Multiplexer, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, _b = pair
+    mux.register(a.fileno(), READABLE)
+    with pytest.raises(KeyError):
+        mux.register(a.fileno(), READABLE)
+    with pytest.raises(KeyError):
+        mux.modify(a.fileno() + 1000, READABLE)
+    with pytest.raises(KeyError):
+        mux.unregister(a.fileno() + 1000)
+
+
+async def test_multiplexer_wait_timeout_returns_empty(mux: Multiplexer) -> None:
+    start = trio.current_time()
+    assert await mux.wait(timeout=0.1) == []
+    assert 0.09 < trio.current_time() - start < 1.0
+
+
+async def test_multiplexer_wakeup_ends_a_wait_without_reporting_its_fd(mux: Multiplexer) -> None:
+    async def wake_soon() -> None:
+        await trio.sleep(0.05)  # real sleep: the wait must be blocked in its syscall
+        mux.wakeup()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wake_soon)
+        with trio.fail_after(2):
+            assert await mux.wait() == []
+    with trio.move_on_after(0.05):  # the wake-up was consumed: the next wait blocks
+        await mux.wait()
+        pytest.fail("a consumed wake-up woke a second wait")
+
+
+async def test_multiplexer_cancelled_wait_returns_within_50ms_and_joins(mux: Multiplexer) -> None:
+    threads_before = threading.active_count()
+
+    async def cancel_soon(scope: trio.CancelScope) -> None:
+        await trio.sleep(0.05)  # real sleep: let the wait reach its blocking syscall
+        scope.cancel()
+        cancelled_at.append(trio.current_time())
+
+    cancelled_at: list[float] = []
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(cancel_soon, scope)
+            await mux.wait()
+    assert scope.cancelled_caught
+    assert trio.current_time() - cancelled_at[0] < 0.05
+    busy = [t for t in threading.enumerate() if t.name.startswith("triosrv ")]
+    assert busy == []  # the select()/poll() thread returned (to trio's idle cache)
+    assert threading.active_count() <= threads_before + 1
+
+
+async def test_select_refuses_fds_at_or_above_fd_setsize(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, _b = pair
+    high = os.dup2(a.fileno(), FD_SETSIZE + 10)
+    mux = SelectMultiplexer()
+    try:
+        assert mux.fd_limit == FD_SETSIZE
+        with pytest.raises(ValueError, match="FD_SETSIZE"):
+            mux.register(high, READABLE)
+        assert len(mux) == 0
+    finally:
+        mux.close()
+        os.close(high)
+    assert PollMultiplexer.fd_limit is EpollMultiplexer.fd_limit is None
+
+
+async def test_select_and_poll_pass_every_fd_to_the_syscall() -> None:
+    pairs = [socket.socketpair() for _ in range(10)]
+    try:
+        for make in (SelectMultiplexer, PollMultiplexer):
+            mux = make()
+            try:
+                for a, _b in pairs:
+                    mux.register(a.fileno(), READABLE)
+                pairs[3][1].send(b"x")
+                assert await mux.wait() == [(pairs[3][0].fileno(), READABLE)]
+                assert mux.last_watched == 10 + 1  # and the wake-up fd
+            finally:
+                mux.close()
+            pairs[3][0].recv(1)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+async def test_epoll_waits_on_its_own_fd_through_trio() -> None:
+    a, b = socket.socketpair()
+    mux = EpollMultiplexer()
+    try:
+        mux.register(a.fileno(), READABLE)
+        async with trio.open_nursery() as nursery:
+
+            async def wait() -> None:
+                assert await mux.wait() == [(a.fileno(), READABLE)]
+
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            # Blocked in trio, on the epoll fd: a second waiter on it is refused.
+            with pytest.raises(trio.BusyResourceError):
+                await trio.lowlevel.wait_readable(mux._epoll_fd)
+            b.send(b"x")
+    finally:
+        mux.close()
+        a.close()
+        b.close()
+
+
+async def test_try_every_fd_reports_everything_and_sleeps_when_idle() -> None:
+    poller = TryEveryFd(interval=0.2)
+    moved = [0]
+    poller.progress = lambda: moved[0]
+    poller.register(5, READABLE)
+    poller.register(6, WRITABLE)
+    assert await poller.wait() == [(5, READABLE), (6, WRITABLE)]  # first pass: no sleep
+    start = trio.current_time()
+    await poller.wait()  # nothing moved since: sleeps one interval
+    assert trio.current_time() - start >= 0.19
+    moved[0] += 1
+    start = trio.current_time()
+    await poller.wait()  # progress: straight on
+    assert trio.current_time() - start < 0.1
+    assert poller.poll_now() == []
+    poller.close()
+
+
+# -- interruptible threads --------------------------------------------------------------
+
+
+async def test_run_sync_interruptible_returns_and_raises_like_the_call() -> None:
+    assert await lowlevel.run_sync_interruptible(lambda: 42, lambda: None) == 42
+
+    def fail() -> None:
+        raise OSError("from the thread")
+
+    with pytest.raises(OSError, match="from the thread"):
+        await lowlevel.run_sync_interruptible(fail, lambda: None)
+
+
+async def test_run_sync_interruptible_interrupts_joins_then_raises_cancelled() -> None:
+    release = threading.Event()
+    finished: list[bool] = []
+
+    def blocking() -> None:
+        release.wait(10)
+        finished.append(True)
+
+    with trio.move_on_after(0.05) as scope:
+        await lowlevel.run_sync_interruptible(blocking, release.set)
+    assert scope.cancelled_caught
+    assert finished == [True]  # the thread had returned before we went on

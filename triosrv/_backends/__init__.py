@@ -1,0 +1,69 @@
+"""The seven server designs a :class:`~triosrv.Server` can run (``ServerConfig.backend``).
+
+| backend       | module            | what it is                                      |
+| ------------- | ----------------- | ----------------------------------------------- |
+| `trio`        | ``_trio.py``      | task per connection, the handler on a stream    |
+| `trio-fd`     | ``_trio_fd.py``   | task per connection, the protocol on the raw fd |
+| `epoll`       | ``_loops.py``     | one loop, epoll                                 |
+| `poll`        | ``_loops.py``     | one loop, poll() in a worker thread             |
+| `select`      | ``_loops.py``     | one loop, select() in a worker thread           |
+| `nonblocking` | ``_loops.py``     | one loop trying every fd, sleeping when idle    |
+| `blocking`    | ``_blocking.py``  | a thread per connection, blocking calls         |
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._config import ServerConfig
+from .._errors import ConfigError
+from ._base import Backend
+from ._blocking import BlockingBackend
+from ._loops import LoopBackend
+from ._trio import TrioBackend
+from ._trio_fd import TrioFdBackend
+
+if TYPE_CHECKING:
+    from .._handlers import Handler
+    from .._server import Server
+
+__all__ = ["Backend", "TrioBackend", "check_backend", "make_backend"]
+
+_LOOPS = ("epoll", "poll", "select", "nonblocking")
+
+
+def check_backend(config: ServerConfig, handler: object) -> None:
+    """Raise :class:`~triosrv.ConfigError` if ``config.backend`` cannot serve ``handler``.
+
+    Only the ``trio`` backend runs an async handler, and only it runs TLS or the PROXY
+    protocol: the others drive sans-IO protocols on plain sockets themselves, so they
+    need a handler made by :func:`~triosrv.protocol_handler` (the built-in ones, or a
+    :class:`~triosrv.protocols.Protocol` subclass given as ``module:Class``).
+    """
+    backend = config.backend
+    if backend == "trio":
+        return
+    if not callable(getattr(handler, "protocol_factory", None)):
+        name = getattr(handler, "__qualname__", None) or repr(handler)
+        raise ConfigError(
+            f"backend: {backend!r} drives sans-IO protocols itself and cannot run the "
+            f"async handler {name}; give a Protocol subclass, or use backend 'trio'"
+        )
+    if getattr(config, "tls_certfile", None) or getattr(config, "proxy_protocol", "off") != "off":
+        raise ConfigError(
+            f"backend: {backend!r} serves plain connections; TLS and the PROXY protocol "
+            "need backend 'trio'"
+        )
+
+
+def make_backend(server: Server, handler: Handler) -> Backend:
+    """The backend ``server.config.backend`` names, for ``server``."""
+    backend = server.config.backend
+    if backend == "trio":
+        return TrioBackend(server, handler)
+    if backend == "trio-fd":
+        return TrioFdBackend(server, handler)
+    if backend == "blocking":
+        return BlockingBackend(server, handler)
+    assert backend in _LOOPS, backend  # ServerConfig validated it
+    return LoopBackend(server, handler, backend)

@@ -1,0 +1,140 @@
+"""The ``blocking`` backend: the textbook threaded server, a thread per connection.
+
+Each accepted socket is switched back to blocking mode and served by a worker thread
+that runs the protocol's driver loop with plain blocking ``recv``/``send`` calls. The
+connection's trio task only waits for its thread
+(:func:`~triosrv.lowlevel.run_sync_interruptible`).
+
+Cancellation cannot interrupt a thread, but it can interrupt a blocking call: when the
+task is cancelled (shutdown after grace, a hard stop) or a timeout is due, the socket
+is ``shutdown(SHUT_RDWR)``. A blocked ``recv`` then returns ``b""``, a blocked ``send``
+fails with EPIPE, the thread returns, and the task joins it before it closes the fd --
+so no thread ever touches a closed (or reused) fd number, and none outlives the server.
+
+The cost is the design's: one thread (and its stack) per connection, and every byte
+crosses the GIL. Timeouts are marked before each blocking call (the thread cannot know
+whether it will block), with the trio clock read from the thread as
+``perf_counter() + offset``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+
+from ..lowlevel import ConnectionRecord, close_fd, run_sync_interruptible
+from ..lowlevel._record import NOT_WAITING, RECEIVING, SENDING
+from ..protocols import Protocol
+from ._base import AcceptingBackend
+
+SEND_SIZE = 65536
+
+
+class ThreadConnection(ConnectionRecord):
+    """A connection served by a thread (see :class:`ConnectionRecord`)."""
+
+    __slots__ = ("_shut", "sock")
+
+    def __init__(self, sock: socket.socket, *, peer: str, local: str, now: float) -> None:
+        super().__init__(peer=peer, local=local, started_at=now)
+        self.sock = sock
+        self._shut = False
+        self._waiting = NOT_WAITING
+
+    def _stop(self) -> None:
+        # From the trio thread, while the fd is still open (it is closed only after
+        # the thread returned): wake whatever blocking call the thread is in.
+        if self._shut:
+            return
+        self._shut = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:  # the peer is gone already: nothing to wake
+                raise
+
+
+class BlockingBackend(AcceptingBackend):
+    """A thread per connection with blocking calls; see the module docstring."""
+
+    name = "blocking"
+
+    async def start(self, listen_nursery: trio.Nursery, conn_nursery: trio.Nursery) -> None:
+        """Start accepting; remember how to read the trio clock from threads."""
+        self._clock_offset = trio.current_time() - time.perf_counter()
+        await super().start(listen_nursery, conn_nursery)
+
+    def serve_socket(self, sock: socket.socket, peer: str, local: str) -> None:
+        """Track the connection and start the task that runs its thread."""
+        sock.setblocking(True)
+        conn = ThreadConnection(sock, peer=peer, local=local, now=trio.current_time())
+        self.server._track(conn)
+        self._conn_nursery.start_soon(
+            self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
+        )
+
+    async def _run_connection(self, conn: ThreadConnection) -> None:
+        factory: Callable[[], Protocol] = self.handler.protocol_factory  # type: ignore[attr-defined]  # checked by check_backend
+        serve = functools.partial(self._serve_in_thread, conn, factory)
+        try:
+            try:
+                broken = await run_sync_interruptible(
+                    serve, conn._stop, name=f"triosrv connection {conn.id}"
+                )
+            except Exception as exc:
+                self.server._count_failure(conn, exc)
+            else:
+                if broken is not None:
+                    self.server._count_broken(conn, broken)
+        finally:
+            self.server._untrack(conn)
+            close_fd(conn.sock)
+
+    def _serve_in_thread(
+        self, conn: ThreadConnection, factory: Callable[[], Protocol]
+    ) -> OSError | None:
+        # The driver loop with blocking calls; runs in a worker thread. Returns the
+        # socket error that ended the connection (a broken peer), if any; what the
+        # protocol raises propagates (a handler error).
+        protocol = factory()
+        recv, send = conn.sock.recv, conn.sock.send
+        recv_size = self.server.config.limits.recv_size
+        offset = self._clock_offset
+        clock = time.perf_counter
+        while not conn._shut:
+            out = protocol.data_to_send(SEND_SIZE)
+            if out:
+                with memoryview(out) as view:
+                    sent = 0
+                    while sent < len(view):
+                        conn._waiting_since = clock() + offset
+                        conn._waiting = SENDING
+                        try:
+                            n = send(view[sent:])
+                        except OSError as exc:
+                            return None if conn._shut else exc
+                        finally:
+                            conn._waiting = NOT_WAITING
+                        sent += n
+                        conn.bytes_sent += n
+            elif protocol.close_after_flush:
+                return None
+            else:
+                conn._waiting_since = clock() + offset
+                conn._waiting = RECEIVING
+                try:
+                    data = recv(recv_size)
+                except OSError as exc:
+                    return None if conn._shut else exc
+                finally:
+                    conn._waiting = NOT_WAITING
+                if conn._shut:
+                    return None  # that b"" was our own shutdown, not the peer's EOF
+                conn.bytes_received += len(data)
+                protocol.receive_data(data)
+        return None

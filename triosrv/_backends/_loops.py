@@ -1,0 +1,134 @@
+"""The single-loop backends: ``epoll``, ``poll``, ``select`` and ``nonblocking``.
+
+All four run :class:`triosrv.lowlevel.EventLoop` -- one task for the listeners and
+every connection -- and differ only in the multiplexer it waits with. This module is
+the loop's host: it answers the loop's questions with the server's admission, counters
+and log, so the loop itself knows nothing of :class:`~triosrv.Server`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._config import BACKENDS
+from ..lowlevel import (
+    ConnectionRecord,
+    EpollMultiplexer,
+    EventLoop,
+    Multiplexer,
+    PollMultiplexer,
+    SelectMultiplexer,
+    TryEveryFd,
+)
+from ..protocols import Protocol
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from .._handlers import Handler
+    from .._listeners import Listener
+    from .._server import Server
+
+logger = logging.getLogger("triosrv")
+
+# At most one "refused: fd over FD_SETSIZE" warning per this many seconds; the
+# counter in the statistics has them all.
+REFUSAL_LOG_INTERVAL = 1.0
+
+
+class LoopBackend(Backend):
+    """One :class:`~triosrv.lowlevel.EventLoop` over the backend's multiplexer."""
+
+    def __init__(self, server: Server, handler: Handler, name: str) -> None:
+        super().__init__(server, handler)
+        self.name = name  # type: ignore[misc]  # one class, four names
+        self.loop: EventLoop | None = None
+        self._wait_mode = server.config.limits.overload == "wait"
+        self._max = server.config.limits.max_connections
+        self._listener_by_fd: dict[int, Listener] = {}
+        self._last_refusal_log = -float("inf")
+
+    def _make_multiplexer(self) -> Multiplexer:
+        if self.name == "epoll":
+            return EpollMultiplexer()
+        if self.name == "poll":
+            return PollMultiplexer()
+        if self.name == "select":
+            return SelectMultiplexer()
+        return TryEveryFd(self.server.config.nonblocking_interval)
+
+    async def start(self, listen_nursery: trio.Nursery, conn_nursery: trio.Nursery) -> None:
+        """Start the loop in the connection nursery; return once it watches the listeners."""
+        await conn_nursery.start(self._run_loop, name=f"triosrv {self.name} loop")
+
+    async def _run_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
+        factory: Callable[[], Protocol] = self.handler.protocol_factory  # type: ignore[attr-defined]  # checked by check_backend
+        mux = self._make_multiplexer()
+        # The server binds its listeners after building the backend: map them now.
+        self._listener_by_fd = {lst.sock.fileno(): lst for lst in self.server._listeners}
+        listeners = [lst.sock for lst in self.server._listeners]
+        loop = EventLoop(
+            self, mux, listeners, factory, recv_size=self.server.config.limits.recv_size
+        )
+        if isinstance(mux, TryEveryFd):
+            mux.progress = loop.progress
+        self.loop = loop
+        await loop.run(task_status=task_status)  # closes mux when it ends
+
+    async def stop_accepting(self) -> None:
+        """Ask the loop to stop watching the listeners and wait until it has."""
+        if self.loop is not None:
+            self.loop.stop_accepting()
+            await self.loop.not_accepting.wait()
+
+    # -- LoopHost: the loop asks, the server answers ----------------------------------
+
+    def should_accept(self) -> bool:
+        """False while full in ``overload="wait"`` mode."""
+        return not (self._wait_mode and len(self.server._live) >= self._max)
+
+    def admit(self, sock: socket.socket, addr: object) -> tuple[str, str] | None:
+        """The server's admission: count, reject when full, configure."""
+        return self.server._admit(sock, addr)
+
+    def opened(self, conn: ConnectionRecord) -> None:
+        """Track the connection in the server's table."""
+        self.server._track(conn)
+
+    def closed(self, conn: ConnectionRecord) -> None:
+        """Untrack the connection."""
+        self.server._untrack(conn)
+
+    def failed(self, conn: ConnectionRecord, exc: Exception) -> None:
+        """The protocol raised: a handler error."""
+        self.server._count_failure(conn, exc)
+
+    def broken(self, conn: ConnectionRecord, exc: OSError) -> None:
+        """A socket call failed: the peer went away."""
+        self.server._count_broken(conn, exc)
+
+    def accept_failed(self, listener: socket.socket, exc: OSError) -> float:
+        """Out of resources (or re-raise): shed, log, pause."""
+        return self.server._accept_failed(self._listener_by_fd[listener.fileno()], exc)
+
+    def refused(self, sock: socket.socket, fd_limit: int) -> None:
+        """An fd select() cannot watch: count it; log now and then."""
+        server = self.server
+        server._refused_fd_setsize += 1
+        now = trio.current_time()
+        if now - self._last_refusal_log < REFUSAL_LOG_INTERVAL:
+            return
+        self._last_refusal_log = now
+        others = ", ".join(b for b in BACKENDS if b != "select")
+        logger.warning(
+            "refused a connection: its fd %d is at or above FD_SETSIZE (%d), the most "
+            "select() can watch (%d refused so far); the %s backends have no such limit",
+            sock.fileno(),
+            fd_limit,
+            server._refused_fd_setsize,
+            others,
+        )

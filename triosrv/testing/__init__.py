@@ -1,0 +1,37 @@
+"""Helpers for testing servers and handlers: triosrv's own suite uses them too.
+
+- :func:`open_test_server`: serve a handler on loopback for the length of a block and
+  get its address; checks on exit that nothing leaked.
+- :class:`FaultyStream` and :class:`Faults`: wrap any trio stream (a socket, one end
+  of ``trio.testing.memory_stream_pair()``) so that it delays, drips, stalls, aborts or
+  truncates, reproducibly from a seed, in virtual time under ``MockClock``.
+- :func:`check_no_leaks`: a context manager failing with the list of fds, threads and
+  tasks a block left behind; the same as a pytest fixture, ``leak_check``, in
+  :mod:`triosrv.testing.pytest_plugin`.
+- :func:`cancellation_sweep`: cancel a scenario before each of its scheduling steps
+  in turn and check that only ``Cancelled`` came out and nothing leaked.
+"""
+
+from __future__ import annotations
+
+from ._faults import Faults, FaultyStream
+from ._leaks import LeakError, Leaks, Snapshot, check_no_leaks, leaks_since, open_fds
+from ._server import RunningServer, open_test_server
+from ._sweep import SweepError, SweepReport, Trial, cancellation_sweep
+
+__all__ = [
+    "Faults",
+    "FaultyStream",
+    "LeakError",
+    "Leaks",
+    "RunningServer",
+    "Snapshot",
+    "SweepError",
+    "SweepReport",
+    "Trial",
+    "cancellation_sweep",
+    "check_no_leaks",
+    "leaks_since",
+    "open_fds",
+    "open_test_server",
+]
