@@ -16,13 +16,18 @@ others expose no stream); ``test_connection.py`` runs them.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import resource
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import triosrv
 from triosrv import Limits, Timeouts
@@ -32,8 +37,11 @@ from triosrv.protocols import Protocol, chargen_line
 from . import test_server
 from .conftest import open_fds, triosrv_tasks
 from .helpers import connect, echo_exchange, random_payload, running_server, tcp_port
+from .test_cli import run_cli
 
 LOOPS = ("epoll", "poll", "select", "nonblocking")
+# An async function importable as module:callable, for the refusal tests.
+HANDLER = "tests.helpers:connect"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -409,3 +417,55 @@ async def test_backend_loop_connections_show_in_server_connections() -> None:
             assert conn.local == f"127.0.0.1:{tcp_port(server)}"
             assert (conn.bytes_received, conn.bytes_sent) == (1, 1)
             assert conn.draining is False and conn.timed_out is None
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def test_backend_cli_refuses_an_async_handler_in_one_line() -> None:
+    result = run_cli("listen", "--port", "0", "--backend", "epoll", "--handler", HANDLER)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert error == [
+        "Error: backend: 'epoll' drives sans-IO protocols itself and cannot run the async "
+        "handler connect; give a Protocol subclass, or use backend 'trio'"
+    ]
+    result = run_cli("listen", "--port", "0", "--backend", "kqueue")
+    assert result.returncode == 2
+    assert "'kqueue' is not one of 'trio', 'trio-fd', 'epoll'" in result.stderr
+
+
+def test_backend_bench_script_runs_at_a_tiny_size() -> None:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_backends.py"
+    args = ["--quick", "--backends", "trio,epoll", "--duration", "0.2", "--json"]
+    # subprocess.run kills the script (by its pid) if it outlives the timeout.
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [row["server"] for row in doc["rows"]] == ["trio.serve_tcp", "trio", "epoll"]
+    assert all(row["errors"] == 0 and row["rtps"] > 0 for row in doc["rows"])
+    assert {t["target"] for t in doc["targets"]} == {
+        "epoll >= 2.5x trio.serve_tcp",
+        "epoll >= 2x trio",
+    }
+
+
+async def test_backend_plain_only_refuses_tls_and_proxy_unless_trio() -> None:
+    for name in BACKENDS[1:]:
+        config = triosrv.ServerConfig(binds="127.0.0.1:0", backend=name, proxy_protocol="v1")
+        with pytest.raises(triosrv.ConfigError, match="PROXY protocol need backend 'trio'"):
+            await triosrv.serve(triosrv.load_handler("echo"), config)
+
+
+async def test_backend_add_stream_needs_the_trio_backend() -> None:
+    client, server_end = trio.testing.memory_stream_pair()
+    async with running_server("echo", backend="epoll") as server:
+        with pytest.raises(RuntimeError, match="add_stream\\(\\) needs the 'trio' backend"):
+            await server.add_stream(server_end)
+    await client.aclose()

@@ -23,7 +23,7 @@ from triosrv.chaos._suite_plan import (
     SuitePlan,
     triosrv_spec,
 )
-from triosrv.chaos._suite_signals import Flow, SigtermFigures, message
+from triosrv.chaos._suite_signals import Flow, SigtermFigures, logged_stop, message
 
 REPO = Path(__file__).parent.parent
 WEAK = ServerSpec(
@@ -159,6 +159,16 @@ def test_sigterm_figures_judge_losses_duplicates_and_a_late_exit() -> None:
     assert attrs.evolve(clean, exit_after=None, exit_status=None).problems() == [
         "still running 5.5 s after SIGTERM"
     ]
+
+
+def test_logged_stop_reads_triosrv_log_times() -> None:
+    log = (
+        b"2026-11-27 13:58:14,314 INFO triosrv: listening on tcp://127.0.0.1:33087\n"
+        b"2026-11-27 13:58:16,327 INFO triosrv: SIGTERM: shutting down, draining 50\n"
+        b"2026-11-27 13:58:19,349 INFO triosrv: stopped: 50 connection(s) served\n"
+    )
+    assert logged_stop(log) == 3.022
+    assert logged_stop(log.split(b"\n", 2)[0]) is None  # not a triosrv log
 
 
 def test_emfile_figures_call_hanging_clients_and_a_slow_recovery_failures() -> None:

@@ -19,7 +19,7 @@ from .._config import ServerConfig
 from .._errors import ConfigError
 from ._base import Backend
 from ._blocking import BlockingBackend
-from ._loops import LoopBackend
+from ._loops import EpollBackend, NonblockingBackend, PollBackend, SelectBackend
 from ._trio import TrioBackend
 from ._trio_fd import TrioFdBackend
 
@@ -29,7 +29,18 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "TrioBackend", "check_backend", "make_backend"]
 
-_LOOPS = ("epoll", "poll", "select", "nonblocking")
+_BY_NAME: dict[str, type[Backend]] = {
+    cls.name: cls
+    for cls in (
+        TrioBackend,
+        TrioFdBackend,
+        EpollBackend,
+        PollBackend,
+        SelectBackend,
+        NonblockingBackend,
+        BlockingBackend,
+    )
+}
 
 
 def check_backend(config: ServerConfig, handler: object) -> None:
@@ -49,7 +60,7 @@ def check_backend(config: ServerConfig, handler: object) -> None:
             f"backend: {backend!r} drives sans-IO protocols itself and cannot run the "
             f"async handler {name}; give a Protocol subclass, or use backend 'trio'"
         )
-    if getattr(config, "tls_certfile", None) or getattr(config, "proxy_protocol", "off") != "off":
+    if config.tls_certfile is not None or config.proxy_protocol != "off":
         raise ConfigError(
             f"backend: {backend!r} serves plain connections; TLS and the PROXY protocol "
             "need backend 'trio'"
@@ -58,12 +69,4 @@ def check_backend(config: ServerConfig, handler: object) -> None:
 
 def make_backend(server: Server, handler: Handler) -> Backend:
     """The backend ``server.config.backend`` names, for ``server``."""
-    backend = server.config.backend
-    if backend == "trio":
-        return TrioBackend(server, handler)
-    if backend == "trio-fd":
-        return TrioFdBackend(server, handler)
-    if backend == "blocking":
-        return BlockingBackend(server, handler)
-    assert backend in _LOOPS, backend  # ServerConfig validated it
-    return LoopBackend(server, handler, backend)
+    return _BY_NAME[server.config.backend](server, handler)  # validated by ServerConfig

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import abc
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import trio
+
+from ..protocols import Protocol
 
 if TYPE_CHECKING:
     from .._handlers import Handler
@@ -40,6 +43,14 @@ class Backend(abc.ABC):
     def __init__(self, server: Server, handler: Handler) -> None:
         self.server = server
         self.handler = handler
+
+    @property
+    def protocol_factory(self) -> Callable[[], Protocol]:
+        """The factory of the sans-IO protocol the handler drives (see
+        :func:`~triosrv.protocol_handler`); ``check_backend`` made sure there is one."""
+        # getattr: the attribute is on ProtocolHandler, not on the Handler type.
+        factory: Callable[[], Protocol] = getattr(self.handler, "protocol_factory")  # noqa: B009
+        return factory
 
     @abc.abstractmethod
     async def start(self, listen_nursery: trio.Nursery, conn_nursery: trio.Nursery) -> None:

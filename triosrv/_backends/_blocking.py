@@ -79,8 +79,7 @@ class BlockingBackend(AcceptingBackend):
         )
 
     async def _run_connection(self, conn: ThreadConnection) -> None:
-        factory: Callable[[], Protocol] = self.handler.protocol_factory  # type: ignore[attr-defined]  # checked by check_backend
-        serve = functools.partial(self._serve_in_thread, conn, factory)
+        serve = functools.partial(self._serve_in_thread, conn, self.protocol_factory)
         try:
             try:
                 broken = await run_sync_interruptible(

@@ -8,9 +8,9 @@ and log, so the loop itself knows nothing of :class:`~triosrv.Server`.
 
 from __future__ import annotations
 
+import abc
 import logging
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -25,7 +25,6 @@ from ..lowlevel import (
     SelectMultiplexer,
     TryEveryFd,
 )
-from ..protocols import Protocol
 from ._base import Backend
 
 if TYPE_CHECKING:
@@ -43,30 +42,24 @@ REFUSAL_LOG_INTERVAL = 1.0
 class LoopBackend(Backend):
     """One :class:`~triosrv.lowlevel.EventLoop` over the backend's multiplexer."""
 
-    def __init__(self, server: Server, handler: Handler, name: str) -> None:
+    def __init__(self, server: Server, handler: Handler) -> None:
         super().__init__(server, handler)
-        self.name = name  # type: ignore[misc]  # one class, four names
         self.loop: EventLoop | None = None
         self._wait_mode = server.config.limits.overload == "wait"
         self._max = server.config.limits.max_connections
         self._listener_by_fd: dict[int, Listener] = {}
         self._last_refusal_log = -float("inf")
 
+    @abc.abstractmethod
     def _make_multiplexer(self) -> Multiplexer:
-        if self.name == "epoll":
-            return EpollMultiplexer()
-        if self.name == "poll":
-            return PollMultiplexer()
-        if self.name == "select":
-            return SelectMultiplexer()
-        return TryEveryFd(self.server.config.nonblocking_interval)
+        """The multiplexer this design waits with (owned by the loop)."""
 
     async def start(self, listen_nursery: trio.Nursery, conn_nursery: trio.Nursery) -> None:
         """Start the loop in the connection nursery; return once it watches the listeners."""
         await conn_nursery.start(self._run_loop, name=f"triosrv {self.name} loop")
 
     async def _run_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
-        factory: Callable[[], Protocol] = self.handler.protocol_factory  # type: ignore[attr-defined]  # checked by check_backend
+        factory = self.protocol_factory
         mux = self._make_multiplexer()
         # The server binds its listeners after building the backend: map them now.
         self._listener_by_fd = {lst.sock.fileno(): lst for lst in self.server._listeners}
@@ -132,3 +125,39 @@ class LoopBackend(Backend):
             server._refused_fd_setsize,
             others,
         )
+
+
+class EpollBackend(LoopBackend):
+    """The loop over epoll."""
+
+    name = "epoll"
+
+    def _make_multiplexer(self) -> Multiplexer:
+        return EpollMultiplexer()
+
+
+class PollBackend(LoopBackend):
+    """The loop over poll() in a worker thread."""
+
+    name = "poll"
+
+    def _make_multiplexer(self) -> Multiplexer:
+        return PollMultiplexer()
+
+
+class SelectBackend(LoopBackend):
+    """The loop over select() in a worker thread; fds below FD_SETSIZE only."""
+
+    name = "select"
+
+    def _make_multiplexer(self) -> Multiplexer:
+        return SelectMultiplexer()
+
+
+class NonblockingBackend(LoopBackend):
+    """The loop trying every fd, sleeping ``nonblocking_interval`` when idle."""
+
+    name = "nonblocking"
+
+    def _make_multiplexer(self) -> Multiplexer:
+        return TryEveryFd(self.server.config.nonblocking_interval)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
 
 import trio
 
@@ -61,11 +60,10 @@ class TrioFdBackend(AcceptingBackend):
         )
 
     async def _run_connection(self, conn: FdConnection) -> None:
-        factory: Callable[[], Protocol] = self.handler.protocol_factory  # type: ignore[attr-defined]  # checked by check_backend
         try:
             with conn._cancel_scope:
                 try:
-                    protocol = factory()
+                    protocol = self.protocol_factory()
                     await self._drive(conn, protocol)
                 except Exception as exc:
                     self.server._count_failure(conn, exc)

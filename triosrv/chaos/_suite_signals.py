@@ -12,6 +12,9 @@ enough that its echo was due before the drain deadline (``due`` seconds before
 
 from __future__ import annotations
 
+import datetime
+import os
+import re
 import signal
 import time
 from collections import Counter
@@ -32,6 +35,12 @@ EXIT_POLL = 0.01
 # Once the server is gone, how long its clients get to read the last bytes.
 SETTLE = 1.0
 LOG_TAIL = 1500  # characters of the server's stderr kept with a failed cell
+MAX_LOG = 1 << 24
+# triosrv's text log: "2026-01-02 03:04:05,678 INFO triosrv: SIGTERM: shutting down".
+_LOG_LINE = re.compile(
+    rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO triosrv: (SIGTERM:|stopped:)",
+    re.MULTILINE,
+)
 _HEAD = 14  # b"CCCC SSSSSSSS "
 _FILLER = bytes(range(ord("a"), ord("z") + 1))
 
@@ -131,7 +140,9 @@ class SigtermFigures:
     after it but early enough to be due before the drain deadline, never echoed.
     ``exit_after`` is seconds from the signal to the exit (None: not within
     ``grace + 1 + EXIT_SLACK``); ``ended`` counts how the connections ended, and
-    ``ended_after_median`` is when, in seconds after the signal.
+    ``ended_after_median`` is when, in seconds after the signal. ``stopped_after`` is
+    from triosrv's own log: seconds from its "SIGTERM" line to its "stopped" line
+    (None for other servers), which tells a slow drain from a slow process exit.
     """
 
     clients: int
@@ -150,6 +161,7 @@ class SigtermFigures:
     exit_status: int | None
     ended: dict[str, int]
     ended_after_median: float | None
+    stopped_after: float | None = None
 
     def problems(self) -> list[str]:
         """Why the drain was not clean; empty when it was."""
@@ -172,9 +184,12 @@ class SigtermFigures:
         if self.exit_after is None:
             problems.append(f"still running {limit + EXIT_SLACK:g} s after SIGTERM")
         elif self.exit_after > limit:
+            logged = ""
+            if self.stopped_after is not None:
+                logged = f"; it logged 'stopped' {self.stopped_after:.2f} s after the signal"
             problems.append(
                 f"exited {self.exit_after:.2f} s after SIGTERM "
-                f"(limit: grace {self.grace:g} s + 1 s)"
+                f"(limit: grace {self.grace:g} s + 1 s){logged}"
             )
         if self.exit_after is not None and self.exit_status != 0:
             problems.append(f"exit status {self.exit_status} after SIGTERM")
@@ -262,6 +277,8 @@ def sigterm_cell(spec: ServerSpec, plan: SuitePlan, *, cpu: int | None) -> Cell:
     try:
         with running_server(spec.name, cmd, cpu) as server:
             figures = trio.run(_sigterm_load, server, plan)
+            log = os.pread(server.log.fileno(), MAX_LOG, 0)
+            figures = attrs.evolve(figures, stopped_after=logged_stop(log))
             problems = figures.problems()
             # What the server said as it stopped, for whoever reads a failure.
             log_tail = server.log_tail(LOG_TAIL) if problems else None
@@ -276,6 +293,17 @@ def sigterm_cell(spec: ServerSpec, plan: SuitePlan, *, cpu: int | None) -> Cell:
         log_tail=log_tail,
         seconds=round(time.monotonic() - began, 2),
     )
+
+
+def logged_stop(log: bytes) -> float | None:
+    """Seconds between triosrv's "SIGTERM: shutting down" and "stopped:" log lines."""
+    stamps: dict[bytes, datetime.datetime] = {}
+    for match in _LOG_LINE.finditer(log):
+        when = datetime.datetime.strptime(match[1].decode(), "%Y-%m-%d %H:%M:%S,%f")
+        stamps.setdefault(match[2], when)
+    if len(stamps) < 2:
+        return None
+    return round((stamps[b"stopped:"] - stamps[b"SIGTERM:"]).total_seconds(), 3)
 
 
 def first_line(exc: BaseException) -> str:

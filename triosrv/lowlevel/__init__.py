@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+from ._busy import TryEveryFd
 from ._fd import close_fd, notify_closing, wait_readable, wait_writable
-from ._loop import EventLoop, LoopConnection, LoopHost, TryEveryFd
+from ._loop import EventLoop, LoopConnection, LoopHost
 from ._multiplexers import (
     ERRORS,
     FD_SETSIZE,
