@@ -416,7 +416,8 @@ async def test_backend_loop_connections_show_in_server_connections() -> None:
             assert conn.id == 1 and conn.peer.startswith("127.0.0.1:")
             assert conn.local == f"127.0.0.1:{tcp_port(server)}"
             assert (conn.bytes_received, conn.bytes_sent) == (1, 1)
-            assert conn.draining is False and conn.timed_out is None
+            assert conn.draining is False
+            assert conn.waiting == "receive" and conn.next_deadline == "idle"
 
 
 # -- the command line ------------------------------------------------------------------

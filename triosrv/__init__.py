@@ -23,6 +23,7 @@ from ._errors import (
 )
 from ._handlers import load_handler, protocol_handler
 from ._server import Server, ServerStatistics, serve
+from ._snapshots import ConnectionSnapshot
 
 try:
     __version__ = version("triosrv")
@@ -34,6 +35,7 @@ __all__ = [
     "BindSpec",
     "ConfigError",
     "Connection",
+    "ConnectionSnapshot",
     "ConnectionTimeout",
     "HandshakeTimeout",
     "IdleTimeout",

@@ -35,13 +35,14 @@ import trio
 from ._accept import RESOURCE_ERRNOS, FdReserve
 from ._backends import check_backend, make_backend
 from ._backends._trio import TrioBackend
+from ._blocking import BlockingDetector
 from ._config import ServerConfig
 from ._connection import Connection
 from ._deadlines import DeadlineKeeper, LiveConnection
 from ._errors import TIMEOUT_KINDS, ConnectionTimeout
 from ._listeners import Listener, configure_accepted, format_local, format_peer, open_listeners
 from ._preamble import Preamble
-from .diagnostics._blocking import BlockingDetector
+from ._snapshots import ConnectionSnapshot, connection_snapshots
 
 logger = logging.getLogger("triosrv")
 
@@ -141,15 +142,15 @@ class Server:
             refused_fd_setsize=self._refused_fd_setsize,
         )
 
-    def connections(self) -> list[LiveConnection]:
-        """The live connections (the objects themselves; read, don't keep).
+    def connections(self) -> list[ConnectionSnapshot]:
+        """Frozen snapshots of the live connections, by id, on every backend.
 
-        With the ``trio`` backend they are :class:`Connection` objects; the other
-        backends give :class:`triosrv.lowlevel.ConnectionRecord` objects, with the same
-        ``id``, ``peer``, ``local``, ``started_at``, byte counters, ``draining`` and
-        ``timed_out``.
+        Each :class:`~triosrv.ConnectionSnapshot` gives ``id``, ``peer``, ``local``,
+        ``age``, ``idle_for``, what it is ``waiting`` for, the byte counters,
+        ``draining``, and the timeout that would fire first (``next_deadline``, with
+        ``deadline_in`` seconds left). Call it from inside the server's trio run.
         """
-        return list(self._live.values())
+        return connection_snapshots(self)
 
     def shutdown(self, grace: float | None = None) -> None:
         """Start the graceful shutdown; returns at once (idempotent).

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._blocking import BlockingDetector
+from .._blocking import BlockingDetector
+from .._snapshots import ConnectionSnapshot, connection_snapshots, snapshot_connection
 from ._control import ControlEndpoint, control_request, serve_control, watch_status
 from ._errors import DiagnosticsError, require_extra
 from ._fds import FdInfo, fd_summary, fd_table, render_fds
-from ._snapshots import ConnectionSnapshot, connection_snapshots, snapshot_connection
 from ._status import render_status, status_document
 from ._system import SystemFact, render_system, system_facts
 from ._table import render_table

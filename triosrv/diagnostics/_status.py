@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._snapshots import connection_snapshots
+from .._snapshots import connection_snapshots
 from ._table import format_seconds, render_table
 from ._tasktree import render_tree, server_nursery_labels, task_tree
 

@@ -16,17 +16,17 @@ The result is JSON-ready::
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
 import trio
 
+from .._blocking import awaiting_location
+
 # The text view lists at most this many tasks per nursery.
 TEXT_MAX_TASKS = 100
 _DIGITS = re.compile(r"(\d+)")
-_TRIO_DIR = os.path.dirname(trio.__file__) + os.sep
 
 
 class NurseryNode(TypedDict):
@@ -44,18 +44,6 @@ class TaskNode(TypedDict):
     name: str
     awaiting: str | None
     nurseries: list[NurseryNode]
-
-
-def awaiting_location(task: trio.lowlevel.Task, depth: int = 3) -> str | None:
-    """Where ``task`` is suspended: the innermost ``depth`` frames outside trio
-    itself, outermost first, as ``"handle (app.py:12) > receive_some (_connection.py:250)"``;
-    None for a task that is not suspended in a coroutine."""
-    frames = [
-        f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)}:{lineno})"
-        for frame, lineno in task.iter_await_frames()
-        if not frame.f_code.co_filename.startswith(_TRIO_DIR)
-    ]
-    return " > ".join(frames[-depth:]) or None
 
 
 def _nursery_node(nursery: trio.Nursery, labels: Mapping[int, str], now: float) -> NurseryNode:

@@ -18,7 +18,7 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from .._config import Timeouts
+    from ._config import Timeouts
 
 # The values of Connection._waiting (see _connection.py): not waiting, receive, send.
 _WAIT_NAMES = {1: "receive", 2: "send"}
@@ -80,11 +80,11 @@ def snapshot_connection(conn: Any, timeouts: Timeouts | None, now: float) -> Con
 def connection_snapshots(server: Any, *, now: float | None = None) -> list[ConnectionSnapshot]:
     """Snapshots of every live connection of ``server``, by id.
 
-    ``server`` is a :class:`triosrv.Server` or anything with ``connections()`` and a
-    ``config.timeouts``. Call it from inside the server's trio run (``now`` defaults
-    to ``trio.current_time()``).
+    The same as ``server.connections()``; kept for code that takes any object with
+    the live mapping ``_live`` and a ``config.timeouts``. Call it from inside the
+    server's trio run (``now`` defaults to ``trio.current_time()``).
     """
     when = trio.current_time() if now is None else now
     timeouts = getattr(getattr(server, "config", None), "timeouts", None)
-    conns: Iterable[Any] = server.connections()
+    conns: Iterable[Any] = list(server._live.values())
     return sorted((snapshot_connection(conn, timeouts, when) for conn in conns), key=lambda s: s.id)

@@ -20,11 +20,26 @@ any task that holds the event loop stalls the server.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import trio
 
-from ._tasktree import awaiting_location
+# trio's own frames say nothing about the application: skip them.
+_TRIO_DIR = os.path.dirname(trio.__file__) + os.sep
+
+
+def awaiting_location(task: trio.lowlevel.Task, depth: int = 3) -> str | None:
+    """Where ``task`` is suspended: the innermost ``depth`` frames outside trio
+    itself, outermost first, as ``"handle (app.py:12) > receive_some (_connection.py:250)"``;
+    None for a task that is not suspended in a coroutine."""
+    frames = [
+        f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)}:{lineno})"
+        for frame, lineno in task.iter_await_frames()
+        if not frame.f_code.co_filename.startswith(_TRIO_DIR)
+    ]
+    return " > ".join(frames[-depth:]) or None
+
 
 logger = logging.getLogger("triosrv")
 
