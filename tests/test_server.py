@@ -352,7 +352,6 @@ async def test_ipv6_loopback_bind() -> None:
         async with await trio.open_tcp_stream("::1", port) as stream:
             await stream.send_all(b"v6")
             assert await stream.receive_some() == b"v6"
-        assert server.connections() == []
 
 
 async def test_accept_on_emfile_sheds_queued_clients_and_recovers(backend: str) -> None:
