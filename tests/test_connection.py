@@ -159,6 +159,7 @@ async def test_write_timeout_fires_when_peer_stops_reading(
             "write": 1,
             "lifetime": 0,
             "handshake": 0,
+            "slow_receive": 0,
         }
         assert server.statistics().active == 0
         exc, fired_at = outcomes[0]  # type: ignore[misc]  # a (exception, time) pair

@@ -19,6 +19,7 @@ from ._errors import (
     HandshakeTimeout,
     IdleTimeout,
     LifetimeTimeout,
+    SlowReceiveTimeout,
     WriteTimeout,
 )
 from ._handlers import load_handler, protocol_handler
@@ -44,6 +45,7 @@ __all__ = [
     "Server",
     "ServerConfig",
     "ServerStatistics",
+    "SlowReceiveTimeout",
     "SocketConnection",
     "Timeouts",
     "WriteTimeout",

@@ -64,6 +64,7 @@ class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in new
     """A positive number of seconds, or ``none`` for no limit."""
 
     name = "SECONDS|none"
+    unit = "seconds"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value is None or isinstance(value, float):
@@ -74,10 +75,19 @@ class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in new
         try:
             seconds = float(text)
         except ValueError:
-            self.fail(f"expected seconds or 'none', got {value!r}", param, ctx)
+            self.fail(f"expected {self.unit} or 'none', got {value!r}", param, ctx)
         if not math.isfinite(seconds) or seconds <= 0:
-            self.fail(f"expected a positive number of seconds or 'none', got {value!r}", param, ctx)
+            self.fail(
+                f"expected a positive number of {self.unit} or 'none', got {value!r}", param, ctx
+            )
         return seconds
+
+
+class BytesPerSecond(Seconds):
+    """A positive rate in bytes per second, or ``none`` for no minimum."""
+
+    name = "BYTES_PER_S|none"
+    unit = "bytes per second"
 
 
 SECONDS = Seconds()
@@ -161,6 +171,22 @@ def main() -> None:
     default=_DEFAULTS.grace,
     show_default=True,
     help="Seconds running connections get to finish on SIGINT/SIGTERM.",
+)
+@click.option(
+    "--min-receive-rate",
+    type=BytesPerSecond(),
+    default=_DEFAULTS.min_receive_rate,
+    show_default=True,
+    help="Close a peer that, while we wait for it, sends some bytes but fewer than this "
+    "many per second over a window (a slowloris); none: off.",
+)
+@click.option(
+    "--min-receive-rate-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.min_receive_rate_window,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds over which --min-receive-rate is measured.",
 )
 @click.option(
     "--max-connections",
@@ -300,6 +326,8 @@ def _listen_config(opts: dict[str, Any]) -> ServerConfig:
             lifetime=opts["lifetime"],
             handshake=opts["handshake_timeout"],
             grace=opts["grace"],
+            min_receive_rate=opts["min_receive_rate"],
+            min_receive_rate_window=opts["min_receive_rate_window"],
         ),
         limits=Limits(
             max_connections=opts["max_connections"],

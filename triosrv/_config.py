@@ -25,7 +25,7 @@ PROXY_PROTOCOL_MODES = ("off", "v1", "v2", "auto")
 DEFAULT_PROXY_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
 
 
-def _seconds(field: str, *, allow_none: bool = True) -> Any:
+def _seconds(field: str, *, allow_none: bool = True, unit: str = "seconds") -> Any:
     def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
         if value is None and allow_none:
             return
@@ -36,7 +36,7 @@ def _seconds(field: str, *, allow_none: bool = True) -> Any:
             and value > 0
         )
         if not ok:
-            what = "a positive number of seconds" + (" or None" if allow_none else "")
+            what = f"a positive number of {unit}" + (" or None" if allow_none else "")
             raise ConfigError(f"{field}: expected {what}, got {value!r}")
 
     return check
@@ -74,6 +74,15 @@ class Timeouts:
       (:class:`~triosrv.HandshakeTimeout`).
     - ``grace``: how long :meth:`Server.shutdown` lets running connections finish
       before it cancels them.
+    - ``min_receive_rate`` (bytes per second, ``None``: off, the default) and
+      ``min_receive_rate_window`` (seconds): the defence against a slowloris, a peer
+      that drips a byte just before each idle deadline. Every window seconds, a
+      connection that received some bytes but fewer than ``rate * window`` during the
+      window, and is waiting for more, is closed
+      (:class:`~triosrv.SlowReceiveTimeout`). A silent window is left to ``idle``;
+      a window that ends while the server is not waiting for the peer (it is sending,
+      or the handler is busy) does not count. The README says why it is off by
+      default.
     """
 
     idle: float | None = attrs.field(default=60.0, validator=_seconds("idle"))
@@ -81,6 +90,12 @@ class Timeouts:
     lifetime: float | None = attrs.field(default=None, validator=_seconds("lifetime"))
     handshake: float | None = attrs.field(default=10.0, validator=_seconds("handshake"))
     grace: float | None = attrs.field(default=10.0, validator=_seconds("grace"))
+    min_receive_rate: float | None = attrs.field(
+        default=None, validator=_seconds("min_receive_rate", unit="bytes per second")
+    )
+    min_receive_rate_window: float = attrs.field(
+        default=10.0, validator=_seconds("min_receive_rate_window", allow_none=False)
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -16,7 +16,9 @@ looks at those attributes, and cancels the connection's own cancel scope when a 
 has lasted too long, after writing down which kind fired (``_expired``). The operation
 that was waiting sees ``trio.Cancelled``, notices ``_expired`` and raises
 :class:`~triosrv.IdleTimeout` / :class:`~triosrv.WriteTimeout` /
-:class:`~triosrv.LifetimeTimeout` instead, so the handler learns why.
+:class:`~triosrv.LifetimeTimeout` instead, so the handler learns why. The minimum
+receive rate rides on the same scan (:class:`~triosrv.SlowReceiveTimeout`; see
+``_deadlines.py``): it reads ``bytes_received``, which a receive updates anyway.
 
 Two flavours share the interface:
 
@@ -36,7 +38,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import ConnectionTimeout, IdleTimeout, LifetimeTimeout, WriteTimeout
+from ._errors import (
+    ConnectionTimeout,
+    IdleTimeout,
+    LifetimeTimeout,
+    SlowReceiveTimeout,
+    WriteTimeout,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,7 +75,8 @@ class Connection(trio.abc.HalfCloseableStream):
     Timeouts (see :class:`~triosrv.Timeouts`): a receive that waits longer than
     ``idle`` raises :class:`~triosrv.IdleTimeout`, a send blocked longer than ``write``
     raises :class:`~triosrv.WriteTimeout`; past ``lifetime`` the connection is cancelled
-    and its pending operation raises :class:`~triosrv.LifetimeTimeout`. Once a timeout
+    and its pending operation raises :class:`~triosrv.LifetimeTimeout`; a peer sending
+    below ``min_receive_rate`` gets :class:`~triosrv.SlowReceiveTimeout`. Once a timeout
     has fired the connection's scope is cancelled: the handler can clean up but not
     talk to the peer any more. The server counts the timeout and closes the connection.
 
@@ -99,6 +108,9 @@ class Connection(trio.abc.HalfCloseableStream):
         self._waiting_since = 0.0
         self._expired: str | None = None
         self._timeouts: Timeouts | None = None
+        # The keeper's minimum-rate checkpoint (see _deadlines.py).
+        self._rate_since = self.started_at
+        self._rate_mark = 0
         self._cancel_scope: trio.CancelScope | None = None
         self.task: Task | None = None
 
@@ -131,8 +143,12 @@ class Connection(trio.abc.HalfCloseableStream):
 
     def _timeout_error(self) -> ConnectionTimeout:
         kind = self._expired or "idle"
-        seconds = getattr(self._timeouts, kind, None)
-        return _TIMEOUT_TYPES[kind](seconds)
+        timeouts = self._timeouts
+        if kind == "slow_receive" and timeouts is not None:
+            return SlowReceiveTimeout(
+                timeouts.min_receive_rate_window, rate=timeouts.min_receive_rate
+            )
+        return _TIMEOUT_TYPES[kind](getattr(timeouts, kind, None))
 
     @property
     def timed_out(self) -> str | None:

@@ -5,6 +5,16 @@ when a connection starts waiting: every timeout is measured from a moment that i
 in the past, so anything that starts after a scan is due no sooner than
 ``now + shortest_timeout``. The keeper therefore sleeps until the earliest due time it
 saw, or ``now + shortest_timeout``, whichever comes first, and cannot wake late.
+
+The minimum receive rate (``Timeouts.min_receive_rate``) is not a deadline but a
+measurement, and it rides on the same scan. Each connection keeps a checkpoint -- when
+its current window began (``_rate_since``) and ``bytes_received`` then
+(``_rate_mark``) -- which nothing on the hot path touches: no clock read per receive.
+Once every window (a *rate tick*) the scan compares each connection's bytes since its
+checkpoint with ``rate * elapsed`` and moves the checkpoint on. All connections are
+measured at the same ticks, so the rate costs one extra wake-up per window whatever
+the number of connections; a connection that began after the previous tick is left
+for the next one, so every measured window lasts between one and two windows.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from typing import Protocol
 import trio
 
 from ._config import Timeouts
+from ._connection import RECEIVING
 
 
 class LiveConnection(Protocol):
@@ -34,6 +45,9 @@ class LiveConnection(Protocol):
     bytes_received: int
     bytes_sent: int
     draining: bool
+    _waiting: int
+    _rate_since: float
+    _rate_mark: int
 
     @property
     def timed_out(self) -> str | None:
@@ -45,7 +59,7 @@ class LiveConnection(Protocol):
 
 
 class DeadlineKeeper:
-    """Fires idle, write and lifetime timeouts for a set of live connections.
+    """Fires idle, write, lifetime and slow-receive timeouts for live connections.
 
     ``connections`` is the server's own mapping of live connections (shared, not
     copied). Fired timeouts are counted in ``fired`` by kind.
@@ -56,7 +70,14 @@ class DeadlineKeeper:
         self.connections = connections
         self.fired: Counter[str] = Counter()
         windows = [t for t in (timeouts.idle, timeouts.write, timeouts.lifetime) if t]
+        rate = timeouts.min_receive_rate
+        if rate is not None:
+            windows.append(timeouts.min_receive_rate_window)
         self._window = min(windows) if windows else None
+        self._rate = rate or 0.0
+        # The previous rate tick and the next one (see the module docstring).
+        self._rate_tick = -math.inf
+        self._rate_due = -math.inf if rate is not None else math.inf
 
     async def run(self) -> None:
         """Run until cancelled; owned by the server's connection nursery."""
@@ -70,6 +91,7 @@ class DeadlineKeeper:
         assert self._window is not None
         timeouts = self.timeouts
         wake = now + self._window
+        rate_tick = now >= self._rate_due
         for conn in self.connections.values():
             if conn.timed_out is not None:
                 continue
@@ -77,6 +99,27 @@ class DeadlineKeeper:
             if due <= now:
                 self.fired[kind] += 1
                 conn._expire(kind, timeouts)
+            elif rate_tick and self._too_slow(conn, now):
+                self.fired["slow_receive"] += 1
+                conn._expire("slow_receive", timeouts)
             elif due < wake:
                 wake = due
-        return wake if wake != math.inf else now + self._window
+        if rate_tick:
+            self._rate_tick = now
+            self._rate_due = now + timeouts.min_receive_rate_window
+        return min(wake, self._rate_due)
+
+    def _too_slow(self, conn: LiveConnection, now: float) -> bool:
+        # At a rate tick: did ``conn`` send too slowly over its window? Moves its
+        # checkpoint on unless it is left for the next tick.
+        if conn._rate_since > self._rate_tick:
+            return False  # began after the previous tick: a partial window
+        received = conn.bytes_received - conn._rate_mark
+        # Only a window that ends while we wait for the peer counts, and a silent one
+        # is the idle timeout's business (see Timeouts).
+        wanted = self._rate * (now - conn._rate_since)
+        if conn._waiting == RECEIVING and 0 < received < wanted:
+            return True
+        conn._rate_since = now
+        conn._rate_mark = conn.bytes_received
+        return False

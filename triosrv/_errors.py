@@ -1,8 +1,8 @@
 """The exception types of triosrv.
 
 Every timeout a connection can hit derives from :class:`ConnectionTimeout` and carries
-its ``kind`` ("idle", "write", "lifetime", "handshake"), so the server can count them
-per kind with one ``except`` clause.
+its ``kind`` ("idle", "write", "lifetime", "handshake", "slow_receive"), so the server
+can count them per kind with one ``except`` clause.
 """
 
 from __future__ import annotations
@@ -60,7 +60,23 @@ class HandshakeTimeout(ConnectionTimeout):
     kind = "handshake"
 
 
-TIMEOUT_KINDS: tuple[str, ...] = ("idle", "write", "lifetime", "handshake")
+class SlowReceiveTimeout(ConnectionTimeout):
+    """The peer sent too slowly: fewer than ``Timeouts.min_receive_rate`` bytes per
+    second over a window of ``Timeouts.min_receive_rate_window`` seconds that ended
+    while the server was waiting for its bytes (a slowloris that an idle timeout lets
+    through). ``seconds`` is the window, ``rate`` the minimum in bytes per second.
+    """
+
+    kind = "slow_receive"
+
+    def __init__(self, seconds: float | None = None, *, rate: float | None = None) -> None:
+        super().__init__(seconds)
+        self.rate = rate
+        if rate is not None and seconds is not None:
+            self.args = (f"slow_receive timeout: under {rate:g} bytes/s over {seconds:g} s",)
+
+
+TIMEOUT_KINDS: tuple[str, ...] = ("idle", "write", "lifetime", "handshake", "slow_receive")
 
 
 def lone_exception(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

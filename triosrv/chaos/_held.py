@@ -76,9 +76,30 @@ async def slowloris(ctx: AttackContext) -> Outcome:
     ]
     if silences:
         outcome.figures["silence_before_close_median"] = round(statistics.median(silences), 3)
+    mid_drip = _closed_mid_drip(held, ctx.config.drip_interval)
+    if mid_drip:
+        outcome.figures["closed_mid_drip"] = mid_drip
+        outcome.server_did += (
+            f"; {mid_drip} while still dripping: a minimum receive rate or a lifetime "
+            "limit, not an idle timeout"
+        )
     if ctx.config.expect == "echo":
         outcome.figures["echoed"] = f"{sum(h.received for h in held)}/{sum(h.sent for h in held)}"
     return outcome
+
+
+def _closed_mid_drip(held: list[Held], interval: float) -> int:
+    # Closed less than one drip interval after its last byte, by a server that had
+    # already let it wait a whole interval between two bytes: an idle timeout would
+    # have to be longer than that gap, so something else closed it.
+    return sum(
+        1
+        for h in held
+        if h.closed_after is not None
+        and h.last_sent is not None
+        and h.sent >= 2
+        and h.closed_after - h.last_sent < interval
+    )
 
 
 async def _slowloris_one(ctx: AttackContext, held: Held, offset: float) -> None:

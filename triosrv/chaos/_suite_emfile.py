@@ -27,6 +27,7 @@ import trio
 from ..bench._servers import BenchError, Server, running_server
 from ._client import describe
 from ._suite_plan import Cell, ServerSpec
+from ._suite_signals import first_line
 
 FD_LIMIT = 64
 FLOOD = 500
@@ -205,7 +206,7 @@ def emfile_cell(spec: ServerSpec, *, fd_limit: int, flood: int, cpu: int | None)
     try:
         figures = run_emfile(spec, fd_limit=fd_limit, flood=flood, cpu=cpu)
     except BenchError as exc:
-        return Cell.judged(spec.name, "emfile", "did not start", [str(exc).splitlines()[0]])
+        return Cell.judged(spec.name, "emfile", "did not start", [first_line(exc)])
     return Cell.judged(
         spec.name,
         "emfile",

@@ -307,5 +307,9 @@ def logged_stop(log: bytes) -> float | None:
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (BenchError carries the server's log)."""
-    return str(exc).splitlines()[0]
+    """An exception's first line, and its last when there are more (a BenchError's
+    message ends with the server's stderr, whose last line is usually the reason)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1][:300]}"

@@ -60,7 +60,8 @@ _FIELDS = [
     ),
 ]
 _KIND_DOCS = {
-    "timeouts": "Connection timeouts fired, by kind (idle, write, lifetime, handshake).",
+    "timeouts": "Connection timeouts fired, by kind (idle, write, lifetime, handshake, "
+    "slow_receive).",
     "handshake_failures": "Connections closed before the handler, by kind.",
 }
 STATES = ("starting", "serving", "draining", "closed")

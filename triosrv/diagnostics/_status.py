@@ -67,10 +67,17 @@ def _config_line(config: dict[str, Any]) -> str:
         )
     if timeouts:
         parts.append(
-            "timeouts " + " ".join(f"{k} {format_seconds(v)}" for k, v in timeouts.items())
+            "timeouts " + " ".join(f"{k} {_format_timeout(k, v)}" for k, v in timeouts.items())
         )
     parts.append(f"warn_blocking {format_seconds(config.get('warn_blocking'))}")
     return "config: " + ", ".join(parts)
+
+
+def _format_timeout(name: str, value: Any) -> str:
+    # min_receive_rate is the one Timeouts field that is not in seconds.
+    if name == "min_receive_rate":
+        return "-" if value is None else f"{value:g}B/s"
+    return format_seconds(value)
 
 
 def _statistics_rows(stats: dict[str, Any]) -> list[tuple[str, object]]:

@@ -7,7 +7,8 @@ since when (``_waiting_since``). The code that serves the connection stores thos
 when a wait starts, a float store and nothing more; the keeper compares them with the
 timeouts and calls :meth:`ConnectionRecord._expire` when one is due, which each backend
 turns into "stop this connection now" its own way (cancel a scope, close an fd in the
-loop, shut a socket down under a thread).
+loop, shut a socket down under a thread). The keeper also keeps its minimum-receive-rate
+checkpoint here (``_rate_since``, ``_rate_mark``); nothing else touches it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class ConnectionRecord:
 
     __slots__ = (
         "_expired",
+        "_rate_mark",
+        "_rate_since",
         "_waiting",
         "_waiting_since",
         "bytes_received",
@@ -53,6 +56,9 @@ class ConnectionRecord:
         self._waiting = RECEIVING
         self._waiting_since = started_at
         self._expired: str | None = None
+        # The keeper's minimum-rate checkpoint (see triosrv/_deadlines.py).
+        self._rate_since = started_at
+        self._rate_mark = 0
 
     def __repr__(self) -> str:
         return f"<triosrv {type(self).__name__} {self.id} from {self.peer}>"
