@@ -196,6 +196,10 @@ def measure_backend(
             _ladder(server, pool, plan, row)
         finally:
             pool.close()
+    # A fresh server for the echo loads: tearing down the ladder's thousands of
+    # connections (for `blocking`, thousands of threads queueing for the GIL) takes
+    # seconds, and would be measured as the next load's latency.
+    with running_server(name, cmd, cpu) as server:
         step(f"{name}: echo at C={','.join(map(str, plan.echo_connections))}")
         _echo(server, plan, row)
     step(f"{name}: cancel with {plan.cancel_connections} connections open")
