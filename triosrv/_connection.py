@@ -32,7 +32,6 @@ Two flavours share the interface:
 from __future__ import annotations
 
 import contextlib
-import math
 import socket
 from typing import TYPE_CHECKING
 
@@ -45,6 +44,7 @@ from ._errors import (
     SlowReceiveTimeout,
     WriteTimeout,
 )
+from .lowlevel._record import NOT_WAITING, RECEIVING, SENDING, next_deadline
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
     from ._config import Timeouts
 
-NOT_WAITING, RECEIVING, SENDING = 0, 1, 2
 _TIMEOUT_TYPES: dict[str, type[ConnectionTimeout]] = {
     "idle": IdleTimeout,
     "write": WriteTimeout,
@@ -121,19 +120,7 @@ class Connection(trio.abc.HalfCloseableStream):
 
     def _next_deadline(self, timeouts: Timeouts) -> tuple[float, str]:
         """The earliest moment a timeout could fire now, and its kind."""
-        due, kind = math.inf, ""
-        if timeouts.lifetime is not None:
-            due, kind = self.started_at + timeouts.lifetime, "lifetime"
-        waiting = self._waiting
-        if waiting == RECEIVING and timeouts.idle is not None:
-            idle_due = self._waiting_since + timeouts.idle
-            if idle_due < due:
-                due, kind = idle_due, "idle"
-        elif waiting == SENDING and timeouts.write is not None:
-            write_due = self._waiting_since + timeouts.write
-            if write_due < due:
-                due, kind = write_due, "write"
-        return due, kind
+        return next_deadline(self.started_at, self._waiting, self._waiting_since, timeouts)
 
     def _expire(self, kind: str, timeouts: Timeouts) -> None:
         self._expired = kind

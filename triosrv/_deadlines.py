@@ -27,7 +27,7 @@ from typing import Protocol
 import trio
 
 from ._config import Timeouts
-from ._connection import RECEIVING
+from .lowlevel._record import RECEIVING
 
 
 class LiveConnection(Protocol):

@@ -19,7 +19,30 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .._config import Timeouts
 
+# What a connection is waiting for (``_waiting``), on every backend.
 NOT_WAITING, RECEIVING, SENDING = 0, 1, 2
+
+
+def next_deadline(
+    started_at: float, waiting: int, waiting_since: float, timeouts: Timeouts
+) -> tuple[float, str]:
+    """The earliest moment one of ``timeouts`` could fire for a connection, and its kind.
+
+    ``math.inf`` and ``""`` when none applies. Shared by every backend's connection
+    objects, so that "idle", "write" and "lifetime" mean the same thing everywhere.
+    """
+    due, kind = math.inf, ""
+    if timeouts.lifetime is not None:
+        due, kind = started_at + timeouts.lifetime, "lifetime"
+    if waiting == RECEIVING and timeouts.idle is not None:
+        idle_due = waiting_since + timeouts.idle
+        if idle_due < due:
+            due, kind = idle_due, "idle"
+    elif waiting == SENDING and timeouts.write is not None:
+        write_due = waiting_since + timeouts.write
+        if write_due < due:
+            due, kind = write_due, "write"
+    return due, kind
 
 
 class ConnectionRecord:
@@ -70,19 +93,7 @@ class ConnectionRecord:
 
     def _next_deadline(self, timeouts: Timeouts) -> tuple[float, str]:
         """The earliest moment a timeout could fire now, and its kind."""
-        due, kind = math.inf, ""
-        if timeouts.lifetime is not None:
-            due, kind = self.started_at + timeouts.lifetime, "lifetime"
-        waiting = self._waiting
-        if waiting == RECEIVING and timeouts.idle is not None:
-            idle_due = self._waiting_since + timeouts.idle
-            if idle_due < due:
-                due, kind = idle_due, "idle"
-        elif waiting == SENDING and timeouts.write is not None:
-            write_due = self._waiting_since + timeouts.write
-            if write_due < due:
-                due, kind = write_due, "write"
-        return due, kind
+        return next_deadline(self.started_at, self._waiting, self._waiting_since, timeouts)
 
     def _expire(self, kind: str, timeouts: Timeouts) -> None:
         """Called by the deadline keeper: ``kind`` fired; stop the connection."""
