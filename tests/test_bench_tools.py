@@ -74,7 +74,7 @@ def test_progress_draws_and_joins_its_thread_when_enabled() -> None:
     out = io.StringIO()
     with progress("work", 0.05, stream=out, enabled=True):
         # real sleep: the bar is drawn by a thread on a wall-clock tick (0.2 s)
-        time.sleep(0.5)
+        time.sleep(0.5)  # real sleep: see the comment above
     assert "work [" in out.getvalue()
     assert out.getvalue().endswith("\r")
 

@@ -42,7 +42,7 @@ async def test_snapshot_idle_deadline_counts_down_in_virtual_time(
         client, theirs = trio.testing.memory_stream_pair()
         await server.add_stream(theirs, peer="test:1")
         await trio.testing.wait_all_tasks_blocked()
-        await trio.sleep(3)
+        await trio.sleep(3)  # not a real sleep: autojump_clock
         [snap] = connection_snapshots(server)
         assert (snap.peer, snap.waiting, snap.next_deadline) == ("test:1", "receive", "idle")
         assert snap.deadline_in == pytest.approx(7)

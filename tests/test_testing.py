@@ -368,7 +368,7 @@ async def test_cancellation_sweep_reports_what_came_out_besides_cancelled(
     async def scenario() -> None:
         try:
             for _ in range(5):
-                await trio.sleep(1)
+                await trio.sleep(1)  # not a real sleep: autojump_clock
         except trio.Cancelled:
             raise ValueError("turned a cancellation into an error") from None
 
