@@ -8,6 +8,7 @@ ratio C / triosrv. A ratio of 2x or more means the generator can drive at least 
 what triosrv serves, so triosrv's figures are the server's, not the generator's.
 
     python scripts/bench_load_ceiling.py [--runs 3] [--duration 3] [--connections 50]
+                                         [--pipeline 1]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def measure(
             connections=args.connections,
             size=args.size,
             duration=args.duration,
+            pipeline=args.pipeline,
         )
         server.check_alive("the load")
     return result
@@ -65,6 +67,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument(
+        "--pipeline", type=int, default=1, help="Messages in flight per connection."
+    )
     args = parser.parse_args()
     cpus = plan_cpus()
     facts = machine_facts(cpus)
@@ -85,7 +90,10 @@ def main() -> None:
                     gen_cpu.append(result.cpu_seconds / max(result.duration, 1e-9))
                 print(f"run {run + 1}/{args.runs} {name}: {result.rtps:,.0f} rt/s", file=sys.stderr)
     print("\n".join(machine_lines(facts)))
-    print(f"load: C={args.connections}, {args.size} B, {args.duration:g} s x {args.runs} runs")
+    print(
+        f"load: C={args.connections}, {args.size} B, pipeline {args.pipeline}, "
+        f"{args.duration:g} s x {args.runs} runs"
+    )
     for name, values in rates.items():
         print(f"{name:24} {fmt(median(values), ',.0f')} rt/s (median)")
     c_rate, trio_rate = median(rates["C epoll echo"]), median(rates["triosrv (trio backend)"])
