@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -82,3 +83,28 @@ def random_payload(rng: random.Random, max_size: int) -> bytes:
 @attrs.define
 class Counter:
     value: int = 0
+
+
+async def check_one_failure_is_isolated(
+    server: triosrv.Server, caplog: Any, *, others: int
+) -> None:
+    """``others`` clients keep echoing while one sending b"boom" is closed by the server;
+    the failure is counted once and logged once, with the peer and a traceback."""
+    streams = [await connect(server) for _ in range(others)]
+    for stream in streams:
+        await stream.send_all(b"hello")
+        assert await stream.receive_some() == b"hello"
+    async with await connect(server) as bad:
+        await bad.send_all(b"boom")
+        with trio.fail_after(3):
+            assert await bad.receive_some() == b""  # closed by the server
+    for stream in streams:  # the others still serve
+        await stream.send_all(b"again")
+        assert await stream.receive_some() == b"again"
+        await stream.aclose()
+    assert server.statistics().handler_errors == 1
+    records = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(records) == 1
+    assert "127.0.0.1:" in records[0].getMessage()
+    assert records[0].exc_info is not None
+    assert "planted failure" in caplog.text

@@ -36,7 +36,14 @@ from triosrv.protocols import Protocol, chargen_line
 
 from . import test_server
 from .conftest import open_fds, triosrv_tasks
-from .helpers import connect, echo_exchange, random_payload, running_server, tcp_port
+from .helpers import (
+    check_one_failure_is_isolated,
+    connect,
+    echo_exchange,
+    random_payload,
+    running_server,
+    tcp_port,
+)
 from .test_cli import run_cli
 
 LOOPS = ("epoll", "poll", "select", "nonblocking")
@@ -225,25 +232,7 @@ async def test_backend_protocol_error_is_isolated_logged_and_counted(
     backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with running_server(triosrv.protocol_handler(Boom), backend=backend) as server:
-        streams = [await connect(server) for _ in range(10)]
-        for stream in streams:
-            await stream.send_all(b"hello")
-            assert await stream.receive_some() == b"hello"
-        async with await connect(server) as bad:
-            await bad.send_all(b"boom")
-            with trio.fail_after(3):
-                assert await bad.receive_some() == b""  # closed by the server
-        for stream in streams:  # the others still serve
-            await stream.send_all(b"again")
-            assert await stream.receive_some() == b"again"
-            await stream.aclose()
-        stats = server.statistics()
-    assert stats.handler_errors == 1
-    records = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(records) == 1
-    assert "127.0.0.1:" in records[0].getMessage()
-    assert records[0].exc_info is not None
-    assert "planted failure" in caplog.text
+        await check_one_failure_is_isolated(server, caplog, others=10)
 
 
 async def test_backend_handler_errors_raise_stops_the_server(backend: str) -> None:

@@ -7,7 +7,6 @@ bytes), so timing assertions are short real timeouts with generous tolerance.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import random
 import resource
@@ -22,7 +21,14 @@ import triosrv
 from triosrv import Connection, Limits, Timeouts
 
 from .conftest import open_fds, triosrv_tasks
-from .helpers import connect, echo_exchange, random_payload, running_server, tcp_port
+from .helpers import (
+    check_one_failure_is_isolated,
+    connect,
+    echo_exchange,
+    random_payload,
+    running_server,
+    tcp_port,
+)
 
 
 async def test_serve_reports_the_real_port_and_leaves_nothing_behind() -> None:
@@ -76,24 +82,7 @@ async def test_handler_error_is_isolated_logged_and_counted(
             await conn.send_all(chunk)
 
     async with running_server(handler) as server:
-        streams = [await connect(server) for _ in range(20)]
-        for stream in streams:
-            await stream.send_all(b"hello")
-            assert await stream.receive_some() == b"hello"
-        async with await connect(server) as bad:
-            await bad.send_all(b"boom")
-            assert await bad.receive_some() == b""  # closed by the server
-        for stream in streams:  # the 20 others still serve
-            await stream.send_all(b"again")
-            assert await stream.receive_some() == b"again"
-            await stream.aclose()
-        stats = server.statistics()
-    assert stats.handler_errors == 1
-    records = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(records) == 1
-    assert "127.0.0.1:" in records[0].getMessage()
-    assert records[0].exc_info is not None
-    assert "planted failure" in caplog.text
+        await check_one_failure_is_isolated(server, caplog, others=20)
 
 
 async def test_handler_errors_raise_gives_trio_crash_semantics() -> None:
