@@ -230,3 +230,77 @@ async def test_timeout_kinds_are_connection_timeouts() -> None:
 
 async def _noop() -> AsyncIterator[None]:  # pragma: no cover - keeps mypy's import used
     yield
+
+
+async def test_timeout_in_a_handlers_own_nursery_is_isolated(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A reader task inside the handler's nursery times out: the group that comes out
+    (the timeout plus its siblings' Cancelled) ends that connection, not the server."""
+
+    async def handler(conn: Connection) -> None:
+        async def reader() -> None:
+            async for chunk in conn:
+                await conn.send_all(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, handler, idle=5.0)
+        silent = await connect(server)
+        assert await silent.receive_some() == b""  # closed at the idle timeout
+        stats = server.statistics()
+        assert stats.timeouts["idle"] == 1
+        assert stats.handler_errors == 0
+        assert stats.state == "serving"
+        chatty = await connect(server)  # and the server still serves
+        await chatty.send_all(b"still here")
+        assert await chatty.receive_some() == b"still here"
+        server.shutdown(grace=0)
+    await silent.aclose()
+    await chatty.aclose()
+
+
+async def test_timeout_fired_before_the_connection_task_runs_still_ends_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, handler_recording([]), lifetime=5.0)
+        client, server_end = trio.testing.memory_stream_pair()
+        conn = await server.add_stream(server_end)
+        assert conn is not None
+        conn._expire("lifetime", server.config.timeouts)  # its task has not run yet
+        with trio.fail_after(1):
+            assert await client.receive_some() == b""
+        server.shutdown()
+    await client.aclose()
+
+
+async def test_add_stream_waiting_for_a_slot_is_refused_after_shutdown(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    config = ServerConfig(binds=(), limits=triosrv.Limits(max_connections=1))
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(triosrv.serve, handler_recording([]), config)
+        first = await connect(server)
+        outcome: list[object] = []
+        late_client, late_end = trio.testing.memory_stream_pair()
+
+        async def late() -> None:
+            try:
+                await server.add_stream(late_end)
+            except trio.ClosedResourceError as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(late)
+        await trio.testing.wait_all_tasks_blocked()
+        server.shutdown(grace=1)
+        await first.aclose()  # frees the slot the late stream waits for
+        await server.wait_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(outcome) == 1
+        assert server.statistics().active == 0
+        assert await late_client.receive_some() == b""  # the server closed it
+    await late_client.aclose()

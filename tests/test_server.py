@@ -371,3 +371,18 @@ async def test_accept_on_emfile_sheds_queued_clients_and_recovers(backend: str) 
         finally:
             for client in clients:
                 client.close()
+
+
+async def test_bytes_sent_counts_what_went_out_before_a_write_timeout() -> None:
+    async def big_send(conn: Connection) -> None:
+        await conn.send_all(b"x" * (8 * 1024 * 1024))
+
+    async with (
+        running_server(big_send, timeouts=Timeouts(write=0.3)) as server,
+        await connect(server),  # a client that never reads
+    ):
+        with trio.fail_after(5):
+            while server.statistics().timeouts["write"] == 0:
+                await trio.sleep(0.02)
+        stats = server.statistics()
+    assert 0 < stats.bytes_sent < 8 * 1024 * 1024

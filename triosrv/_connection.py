@@ -298,6 +298,8 @@ class SocketConnection(Connection):
                 sent = self.sock.send(data) if total else 0
             except BlockingIOError:
                 sent = 0
+            # Counted as it goes: what the peer took before a timeout or a reset was sent.
+            self.bytes_sent += sent
             if sent < total:
                 await self._send_rest(memoryview(data), sent)
             else:
@@ -310,7 +312,6 @@ class SocketConnection(Connection):
             raise self._os_error(exc) from exc
         finally:
             self._sending = False
-        self.bytes_sent += total
 
     async def _send_rest(self, view: memoryview, sent: int) -> None:
         with view:
@@ -323,9 +324,11 @@ class SocketConnection(Connection):
                 finally:
                     self._waiting = NOT_WAITING
                 try:
-                    sent += self.sock.send(view[sent:])
+                    n = self.sock.send(view[sent:])
                 except BlockingIOError:
-                    pass
+                    continue
+                sent += n
+                self.bytes_sent += n
 
     def _os_error(self, exc: OSError) -> Exception:
         if self._closed:

@@ -203,6 +203,9 @@ class Server:
             raise trio.ClosedResourceError("server is not serving")
         if self.config.limits.overload == "wait":
             await self._wait_for_slot()
+            if self._state not in ("serving", "starting"):  # shut down while we waited
+                await trio.aclose_forcefully(stream)
+                raise trio.ClosedResourceError("server is not serving")
         elif len(self._live) >= self.config.limits.max_connections:
             self._rejected += 1
             await trio.aclose_forcefully(stream)

@@ -35,6 +35,9 @@ class TrioBackend(AcceptingBackend):
 
     def start_connection(self, conn: Connection) -> None:
         """Track ``conn`` and run the handler on it in a task of its own."""
+        # The scope exists before the task runs: a timeout the keeper fires in between
+        # (the loop stalled past ``lifetime``) cancels it, and trio remembers that.
+        conn._cancel_scope = trio.CancelScope()
         self.server._track(conn)
         self._conn_nursery.start_soon(
             self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
@@ -43,7 +46,8 @@ class TrioBackend(AcceptingBackend):
     async def _run_connection(self, conn: Connection) -> None:
         preamble = self.server._preamble
         try:
-            with trio.CancelScope() as conn._cancel_scope:
+            assert conn._cancel_scope is not None
+            with conn._cancel_scope:
                 conn.task = trio.lowlevel.current_task()
                 if preamble is None or await preamble.run(conn):
                     await self._call_handler(conn)
@@ -56,16 +60,19 @@ class TrioBackend(AcceptingBackend):
             await self.handler(conn)
         except (ConnectionTimeout, trio.BrokenResourceError) as exc:
             self.server._count_broken(conn, exc)
+        except BaseExceptionGroup as group:
+            # A handler with a nursery of its own: a timeout in one of its tasks comes
+            # out grouped with its siblings' Cancelled. The Cancelled belongs to a scope
+            # above us (the connection's, or the server's) and goes on up; the rest is
+            # sorted like an ungrouped exception.
+            cancelled, rest = group.split(trio.Cancelled)
+            if rest is not None:
+                expected, unexpected = rest.split((ConnectionTimeout, trio.BrokenResourceError))
+                if unexpected is None:
+                    self.server._count_broken(conn, expected or rest)
+                else:
+                    self.server._count_failure(conn, unexpected, rest)
+            if cancelled is not None:
+                raise cancelled from None
         except Exception as exc:
-            expected, unexpected = _split_expected(exc)
-            if unexpected is None:
-                self.server._count_broken(conn, expected or exc)
-                return
-            self.server._count_failure(conn, unexpected, exc)
-
-
-def _split_expected(exc: Exception) -> tuple[BaseException | None, BaseException | None]:
-    """Split a handler's exception group into peer/timeout endings and real errors."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return None, exc
-    return exc.split((ConnectionTimeout, trio.BrokenResourceError))
+            self.server._count_failure(conn, exc, exc)
