@@ -16,7 +16,7 @@ import trio
 import triosrv
 from triosrv.diagnostics import serve_control
 
-from .helpers import running_server
+from .helpers import ListenProcess, listen_process, running_server
 
 TRIOSRV = [sys.executable, "-m", "triosrv"]
 
@@ -56,54 +56,19 @@ async def triosrv_json(*args: str) -> Any:
     return json.loads((await run_triosrv(*args, "--json")).stdout)
 
 
-class LiveServer:
-    """A ``triosrv listen`` subprocess and what its log said so far."""
+class LiveServer(ListenProcess):
+    """A ``triosrv listen --control PATH`` subprocess; ``control`` is that path."""
 
-    def __init__(self, process: trio.Process, control: str) -> None:
-        self.process = process
-        self.control = control
-        self.log = bytearray()
-
-    async def read_log_until(self, text: bytes, timeout: float = 10) -> None:
-        assert self.process.stderr is not None
-        with trio.fail_after(timeout):
-            while text not in self.log:
-                chunk = await self.process.stderr.receive_some()
-                if not chunk:
-                    raise AssertionError(f"server exited; log:\n{self.log.decode()}")
-                self.log += chunk
-
-    def logged_value(self, prefix: bytes) -> str:
-        """The rest of the first log line containing ``prefix``, after it."""
-        return self.log.split(prefix, 1)[1].split(b"\n", 1)[0].decode().strip()
-
-    @property
-    def port(self) -> int:
-        return int(self.logged_value(b"listening on tcp://").rsplit(":", 1)[1])
-
-    async def wait_exit(self, timeout: float) -> int:
-        assert self.process.stderr is not None
-        with trio.fail_after(timeout):
-            while chunk := await self.process.stderr.receive_some():
-                self.log += chunk
-            return await self.process.wait()
+    control = ""
 
 
 @contextlib.asynccontextmanager
 async def live_server(*args: str) -> AsyncIterator[LiveServer]:
     """``triosrv listen --port 0 --control PATH ARGS``, ready; killed by PID on exit."""
     with short_socket_path() as control:
-        process = await trio.lowlevel.open_process(
-            [*TRIOSRV, "listen", "--port", "0", "--control", control, *args],
-            stderr=subprocess.PIPE,
-        )
-        server = LiveServer(process, control)
-        try:
-            await server.read_log_until(b"control socket on unix:")
+        async with listen_process(
+            "--control", control, *args, ready=b"control socket on unix:", server_type=LiveServer
+        ) as server:
+            assert isinstance(server, LiveServer)
+            server.control = control
             yield server
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-            assert process.stderr is not None
-            await process.stderr.aclose()

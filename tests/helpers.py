@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,3 +110,64 @@ async def check_one_failure_is_isolated(
     assert "127.0.0.1:" in records[0].getMessage()
     assert records[0].exc_info is not None
     assert "planted failure" in caplog.text
+
+
+class ListenProcess:
+    """A ``triosrv listen`` subprocess and what its log (stderr) said so far."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.log = bytearray()
+
+    async def read_log_until(self, text: bytes, timeout: float = 10) -> None:
+        """Read the log until ``text`` appears; fail if the server exits first."""
+        assert self.process.stderr is not None
+        with trio.fail_after(timeout):
+            while text not in self.log:
+                chunk = await self.process.stderr.receive_some()
+                if not chunk:
+                    raise AssertionError(f"server exited; log:\n{self.log.decode()}")
+                self.log += chunk
+
+    def logged_value(self, prefix: bytes) -> str:
+        """The rest of the first log line containing ``prefix``, after it."""
+        return self.log.split(prefix, 1)[1].split(b"\n", 1)[0].decode().strip()
+
+    @property
+    def address(self) -> str:
+        """The first listener's address, ``tcp://HOST:PORT``."""
+        return self.logged_value(b"listening on ")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    async def wait_exit(self, timeout: float) -> int:
+        """Read the rest of the log and return the exit code."""
+        assert self.process.stderr is not None
+        with trio.fail_after(timeout):
+            while chunk := await self.process.stderr.receive_some():
+                self.log += chunk
+            return await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def listen_process(
+    *args: str,
+    ready: bytes = b"listening on tcp://",
+    server_type: type[ListenProcess] = ListenProcess,
+) -> AsyncIterator[ListenProcess]:
+    """``triosrv listen --port 0 ARGS`` once its log says ``ready``; killed by PID on exit."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "triosrv", "listen", "--port", "0", *args], stderr=subprocess.PIPE
+    )
+    server = server_type(process)
+    try:
+        await server.read_log_until(ready)
+        yield server
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        assert process.stderr is not None
+        await process.stderr.aclose()

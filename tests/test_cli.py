@@ -2,68 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
 import triosrv
 
-LISTEN = [sys.executable, "-m", "triosrv", "listen"]
+from .helpers import listen_process
 
-
-@attrs.define
-class CliServer:
-    process: trio.Process
-    address: str
-    log: bytearray
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rsplit(":", 1)[1])
-
-    async def read_log_until(self, text: bytes, timeout: float = 5) -> None:
-        assert self.process.stderr is not None
-        with trio.fail_after(timeout):
-            while text not in self.log:
-                chunk = await self.process.stderr.receive_some()
-                if not chunk:
-                    raise AssertionError(f"server exited; log:\n{self.log.decode()}")
-                self.log += chunk
-
-    async def wait_exit(self, timeout: float) -> int:
-        assert self.process.stderr is not None
-        with trio.fail_after(timeout):
-            while chunk := await self.process.stderr.receive_some():
-                self.log += chunk
-            return await self.process.wait()
-
-
-@contextlib.asynccontextmanager
-async def cli_server(*args: str) -> AsyncIterator[CliServer]:
-    process = await trio.lowlevel.open_process(
-        [*LISTEN, "--port", "0", *args], stderr=subprocess.PIPE
-    )
-    server = CliServer(process, "", bytearray())
-    try:
-        await server.read_log_until(b"listening on tcp://")
-        line = server.log.split(b"listening on ", 1)[1].split(b"\n", 1)[0]
-        server.address = line.decode().strip()
-        yield server
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        assert process.stderr is not None
-        await process.stderr.aclose()
+# The server as a user starts it: ``triosrv listen --port 0 ARGS``.
+cli_server = listen_process
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
