@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ._attack import AttackContext, Outcome
-from ._canary import Canary, CanaryFigures, CanaryLog
+from ._canary import ROUND_TRIP_INTERVAL, Canary, CanaryFigures, CanaryLog
 from ._canary_process import CanaryError, open_canary
 from ._config import ChaosConfig, Target
 from ._exchanges import churn, garbage, half_close
@@ -30,6 +30,9 @@ from ._held import flood, idle, slow_reader, slowloris
 from ._oversize import oversize
 from ._report import ChaosReport, ScenarioResult
 from ._resets import reset_mid_read, reset_mid_write
+
+# The shortest attack window the canary is judged over: 20 of its round-trip intervals.
+MIN_ATTACK_WINDOW = 20 * ROUND_TRIP_INTERVAL
 
 ATTACKS: dict[str, Callable[[AttackContext], Awaitable[Outcome]]] = {
     "slowloris": slowloris,
@@ -84,6 +87,12 @@ async def run_scenario(name: str, target: Target, config: ChaosConfig) -> Scenar
             await trio.sleep(config.quiet)
             attack_start = time.monotonic()
             outcome = await _attack(name, target, config)
+            # An attack over in a few ms (a fast server takes a whole oversize message
+            # in 10 ms) would leave the canary no time to show anything: watch it for
+            # at least MIN_ATTACK_WINDOW before judging "no round trip completed".
+            left = MIN_ATTACK_WINDOW - (time.monotonic() - attack_start)
+            if left > 0:
+                await trio.sleep(left)
             attack_end = time.monotonic()
     except CanaryError as exc:
         return _unreachable(name, began, str(exc))
