@@ -153,16 +153,7 @@ class _Worker:
                         rts += 1
                         if not rts & mask:
                             append(latency)
-                    try:
-                        sent = c.send(payload)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError as exc:
-                        self._fail(c, _errno_kind("send", exc))
-                        continue
-                    if sent < size:  # the rest waits for EPOLLOUT, as in _send
-                        c.out = payload[sent:]
-                        self.epoll.modify(c.sock.fileno(), _EPOLLIN | _EPOLLOUT)
+                    self._send(c, payload)
                     continue
                 off = start + len(data)
                 if not data or data != ring[start:off]:

@@ -28,17 +28,23 @@ POLL = 0.1
 MAX_POLLS = 1_000_000
 
 
+async def _receive(
+    ctx: AttackContext, sock: trio.socket.SocketType, held: Held, max_bytes: int
+) -> bytes:
+    # One recv; b"" when the server ended the connection (recorded in ``held``).
+    try:
+        data = await sock.recv(max_bytes)
+    except OSError as exc:
+        held.ended(ctx, describe(exc))
+        return b""
+    if not data:
+        held.ended(ctx, "eof")
+    return data
+
+
 async def _watch(ctx: AttackContext, sock: trio.socket.SocketType, held: Held) -> None:
     # Read (and count) until the server ends the connection; the caller's scope stops us.
-    while True:
-        try:
-            data = await sock.recv(65536)
-        except OSError as exc:
-            held.ended(ctx, describe(exc))
-            return
-        if not data:
-            held.ended(ctx, "eof")
-            return
+    while data := await _receive(ctx, sock, held, 65536):
         held.received += len(data)
 
 
@@ -216,13 +222,8 @@ async def _flood_one(ctx: AttackContext, held: Held) -> None:
             held.ended(ctx, why)
             return
         held.sent = 1
-        try:
-            data = await sock.recv(1)
-        except OSError as exc:
-            held.ended(ctx, describe(exc))
-            return
+        data = await _receive(ctx, sock, held, 1)
         if not data:
-            held.ended(ctx, "eof")
             return
         held.received = len(data)
         # Served: hold the connection (keep the server's slot busy) until the end.
