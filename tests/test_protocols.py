@@ -22,6 +22,7 @@ from triosrv.protocols import (
     Echo,
     Protocol,
     ProtocolFactory,
+    answer_method,
     chargen_line,
 )
 
@@ -129,6 +130,61 @@ def test_protocol_never_reads_after_eof_under_driver(
     run_driver(factory(), incoming, max_bytes=max_bytes, output_limit=20_000)
 
 
+def run_fast_driver(
+    protocol: Protocol, incoming: Iterable[bytes], *, max_bytes: int, output_limit: int
+) -> tuple[bytes, bool]:
+    """`run_driver`, but receiving through the ``answer`` fast path where the protocol
+    has one, and checking the promise of every answer it gives."""
+    answer = answer_method(protocol)
+    chunks = iter(incoming)
+    sent = bytearray()
+    while len(sent) < output_limit:
+        out = protocol.data_to_send(max_bytes)
+        if out:
+            sent += out
+        elif protocol.close_after_flush:
+            return bytes(sent), True
+        else:
+            data = next(chunks, b"")
+            reply = answer(data, max_bytes) if answer is not None and data else None
+            if reply is None:
+                protocol.receive_data(data)
+                continue
+            assert type(reply) is bytes
+            assert len(reply) <= max_bytes
+            # The promise: nothing else pending, not closing.
+            assert protocol.data_to_send(max_bytes) == b""
+            assert not protocol.close_after_flush
+            sent += reply
+    return bytes(sent), False
+
+
+@all_factories
+@given(
+    incoming=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    max_bytes=st.integers(1, 600),
+)
+def test_protocol_answer_fast_path_changes_nothing_but_the_calls(
+    factory: ProtocolFactory, incoming: list[bytes], max_bytes: int
+) -> None:
+    plain = run_driver(factory(), incoming, max_bytes=max_bytes, output_limit=20_000)
+    fast = run_fast_driver(factory(), incoming, max_bytes=max_bytes, output_limit=20_000)
+    assert fast == plain
+
+
+def test_answer_method_finds_the_fast_path_only_where_there_is_one() -> None:
+    echo, discard = Echo(), Discard()
+    assert answer_method(echo) == echo.answer
+    assert answer_method(discard) == discard.answer
+    assert answer_method(Chargen()) is None
+    assert answer_method(Daytime(RFC_TIME)) is None
+
+    class DuckTyped:  # the contract, without subclassing Protocol
+        answer = None
+
+    assert answer_method(DuckTyped()) is None
+
+
 def protocol_sources() -> list[Path]:
     return sorted(Path(triosrv.protocols.__file__).parent.glob("*.py"))
 
@@ -172,6 +228,8 @@ def test_protocols_reexport_all_public_names() -> None:
         "Chargen",
         "Daytime",
         "ProtocolFactory",
+        "Answer",
+        "answer_method",
         "CHARGEN_LINE_LENGTH",
         "chargen_line",
         # the PROXY protocol (tests/test_proxy_protocol.py)
@@ -275,6 +333,31 @@ def test_echo_copies_mutable_input() -> None:
     echo.receive_data(memoryview(buffer)[1:3])
     buffer[:] = b"XXXXX"
     assert echo.data_to_send(100) == b"helloel"
+
+
+def test_echo_answer_returns_the_chunk_itself_when_nothing_is_buffered() -> None:
+    echo = Echo()
+    data = b"ping" * 16
+    assert echo.answer(data, 64) is data
+    assert echo.answer(bytearray(b"ab"), 64) == b"ab"
+
+
+def test_echo_answer_declines_when_bytes_wait_or_the_chunk_is_too_long() -> None:
+    echo = Echo()
+    assert echo.answer(b"x" * 65, 64) is None  # longer than max_bytes
+    echo.receive_data(b"queued")
+    assert echo.answer(b"next", 64) is None  # would overtake the queued bytes
+    assert drain(echo, 64) == b"queued"
+    echo.receive_data(b"")
+    assert echo.answer(b"late", 64) is None  # after EOF: receive_data must raise
+
+
+def test_discard_answer_counts_and_sends_nothing() -> None:
+    discard = Discard()
+    assert discard.answer(b"abc", 1) == b""
+    assert discard.bytes_discarded == 3
+    discard.receive_data(b"")
+    assert discard.answer(b"late", 1) is None
 
 
 def test_echo_flushes_buffer_after_eof_then_closes() -> None:

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 from ._connection import Connection
-from .protocols import Chargen, Daytime, Discard, Echo, Protocol
+from .protocols import Chargen, Daytime, Discard, Echo, Protocol, answer_method
 
 Handler = Callable[[Connection], Awaitable[object]]
 
@@ -40,6 +40,7 @@ class ProtocolHandler:
         protocol = self.protocol_factory()
         data_to_send = protocol.data_to_send
         receive_data = protocol.receive_data
+        answer = answer_method(protocol)
         send_all = conn.send_all
         receive_some = conn.receive_some
         while True:
@@ -49,7 +50,17 @@ class ProtocolHandler:
             elif protocol.close_after_flush:
                 return
             else:
-                receive_data(await receive_some())
+                data = await receive_some()
+                # The fast turn (see triosrv.protocols._base): while the protocol
+                # answers each chunk outright, there is nothing else to ask it.
+                while answer is not None and data:
+                    reply = answer(data, SEND_SIZE)
+                    if reply is None:
+                        break
+                    if reply:
+                        await send_all(reply)
+                    data = await receive_some()
+                receive_data(data)
 
 
 def protocol_handler(factory: Callable[[], Protocol]) -> ProtocolHandler:
@@ -58,7 +69,8 @@ def protocol_handler(factory: Callable[[], Protocol]) -> ProtocolHandler:
     For each connection the handler makes one protocol with ``factory()`` and drives
     it: it sends whatever the protocol has to send; when there is nothing and the
     protocol asks to close, it returns (the server then closes the connection);
-    otherwise it receives one chunk and passes it on (``b""`` at the peer's EOF).
+    otherwise it receives one chunk and passes it on (``b""`` at the peer's EOF),
+    through the protocol's ``answer`` fast path when it has one.
     Timeouts and peer resets end the loop as exceptions, which the server counts.
     The handler's ``protocol_factory`` attribute is ``factory``, for the backends that
     drive protocols themselves.

@@ -29,7 +29,7 @@ import trio
 
 from ..lowlevel import ConnectionRecord, close_fd, run_sync_interruptible
 from ..lowlevel._record import NOT_WAITING, RECEIVING, SENDING
-from ..protocols import Protocol
+from ..protocols import Protocol, answer_method
 from ._base import AcceptingBackend
 
 SEND_SIZE = 65536
@@ -105,8 +105,13 @@ class BlockingBackend(AcceptingBackend):
         recv_size = self.server.config.limits.recv_size
         offset = self._clock_offset
         clock = time.perf_counter
+        answer = answer_method(protocol)
+        pending: bytes | None = None  # an answer still to send
         while not conn._shut:
-            out = protocol.data_to_send(SEND_SIZE)
+            if pending is None:
+                out = protocol.data_to_send(SEND_SIZE)
+            else:
+                out, pending = pending, None
             if out:
                 with memoryview(out) as view:
                     sent = 0
@@ -135,5 +140,9 @@ class BlockingBackend(AcceptingBackend):
                 if conn._shut:
                     return None  # that b"" was our own shutdown, not the peer's EOF
                 conn.bytes_received += len(data)
-                protocol.receive_data(data)
+                reply = answer(data, SEND_SIZE) if answer is not None and data else None
+                if reply is None:
+                    protocol.receive_data(data)
+                else:
+                    pending = reply  # all the protocol has to say: sent before asking it
         return None

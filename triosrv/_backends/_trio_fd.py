@@ -21,7 +21,7 @@ import trio
 
 from ..lowlevel import ConnectionRecord, close_fd, wait_readable, wait_writable
 from ..lowlevel._record import NOT_WAITING, RECEIVING, SENDING
-from ..protocols import Protocol
+from ..protocols import Protocol, answer_method
 from ._base import AcceptingBackend
 
 # Driver steps a connection may take without waiting before it yields to the others.
@@ -78,9 +78,14 @@ class TrioFdBackend(AcceptingBackend):
         read, write = os.read, os.write
         recv_size = self.server.config.limits.recv_size
         data_to_send, receive_data = protocol.data_to_send, protocol.receive_data
+        answer = answer_method(protocol)
+        reply: bytes | None = None  # an answer still to send, before asking again
         spins = 0
         while True:
-            out = data_to_send(SEND_SIZE)
+            if reply is None:
+                out = data_to_send(SEND_SIZE)
+            else:
+                out, reply = reply, None
             if out:
                 try:
                     sent = write(fd, out)
@@ -115,7 +120,9 @@ class TrioFdBackend(AcceptingBackend):
                 if data is None:
                     return
                 conn.bytes_received += len(data)
-                receive_data(data)
+                reply = answer(data, SEND_SIZE) if answer is not None and data else None
+                if reply is None:
+                    receive_data(data)
             spins += 1
             if spins >= SPIN_LIMIT:
                 spins = 0

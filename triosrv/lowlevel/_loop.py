@@ -6,14 +6,20 @@ Theory of operation
 One trio task owns the listening sockets, every connection and the multiplexer. Each
 pass of the loop is one :meth:`Multiplexer.wait` -- the only trio checkpoint of the
 pass -- and then every ready fd is handled to completion without yielding: a listener
-accepts a batch; a connection that waits for bytes does one ``recv``, feeds the protocol
+accepts a batch; a connection that waits for bytes does one ``read``, feeds the protocol
 and runs the protocol's driver loop (see :mod:`triosrv.protocols`): send what it has,
 stop when the socket is full (then wait for WRITABLE) or when the protocol has nothing
-to send (then wait for READABLE again), close when it asks to. Everything a connection
-needs on that path is a slot of its :class:`LoopConnection` bound once at accept
-(``recv``, ``send``, ``receive_data``, ``data_to_send``), so the hot path allocates
-nothing but the received bytes, and its bookkeeping is an int add per counter and one
-float store when a wait starts (for the server's deadline keeper).
+to send (then wait for READABLE again), close when it asks to.
+
+The hot path is the round trip of a protocol with the ``answer`` fast path (see
+:mod:`triosrv.protocols._base`; echo and discard have it): ``os.read``, one protocol
+call, ``os.write``, back to waiting. Everything it needs is a slot of the
+:class:`LoopConnection` bound once at accept, the syscalls go through ``os`` on the fd
+(the ``socket`` methods parse their arguments and check timeouts on every call:
+measured ~1,400 more CPU instructions per round trip), so it allocates nothing but the
+received bytes, and its bookkeeping is an int add per counter and one float store when
+a wait starts (for the server's deadline keeper). A chunk the protocol does not
+``answer`` goes the general way: ``receive_data`` and the driver loop.
 
 Everything else comes in through one flag, ``_attention``, checked once per pass: the
 deadline keeper (a trio task of the server) expiring connections, a request to stop
@@ -31,13 +37,14 @@ whole pass moved nothing the loop sleeps ``interval`` seconds.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Protocol as TypingProtocol
 
 import trio
 
-from ..protocols import Protocol
+from ..protocols import Protocol, answer_method
 from ._fd import close_fd
 from ._multiplexers import READABLE, WRITABLE, Multiplexer, Ready
 from ._record import RECEIVING, SENDING, ConnectionRecord
@@ -93,14 +100,13 @@ class LoopConnection(ConnectionRecord):
 
     __slots__ = (
         "_loop",
+        "answer",
         "data_to_send",
         "fd",
         "pending",
         "protocol",
         "reading",
         "receive_data",
-        "recv",
-        "send",
         "sock",
     )
 
@@ -111,8 +117,6 @@ class LoopConnection(ConnectionRecord):
         self._loop = loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.recv = sock.recv
-        self.send = sock.send
         self.reading = True
         self.pending: bytes | memoryview = b""
 
@@ -121,6 +125,7 @@ class LoopConnection(ConnectionRecord):
         self.protocol = protocol
         self.receive_data = protocol.receive_data
         self.data_to_send = protocol.data_to_send
+        self.answer = answer_method(protocol)
 
     def _stop(self) -> None:
         loop = self._loop
@@ -210,15 +215,15 @@ class EventLoop:
                     break
 
     def _handle(self, ready: Ready, now: float) -> None:
-        # The hot path is written out inside the loop: the driver loop's most common
-        # turn -- receive, feed, send what comes back, ask again, go back to waiting --
-        # costs no Python call beyond the syscalls and the protocol's own methods (one
-        # more call per event measured ~5% of the epoll backend's echo rate). Anything
-        # unusual (a partial send, more output, a close) goes on in _pump.
+        # The hot path is written out inside the loop: a round trip of a protocol with
+        # the answer fast path costs no Python call beyond the two syscalls and
+        # answer() (one more call per event measured ~5% of the epoll backend's echo
+        # rate). Anything unusual (no answer, a partial send, a close) goes to _pump.
         get = self.conns.get
         listeners = self.listeners
         recv_size = self.recv_size
         pump = self._pump
+        read, write = os.read, os.write
         for fd, _events in ready:
             conn = get(fd)
             if conn is None:
@@ -229,38 +234,39 @@ class EventLoop:
                 pump(conn, now)
                 continue
             try:
-                data = conn.recv(recv_size)
+                data = read(fd, recv_size)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 self._broken(conn, exc)
                 continue
             conn.bytes_received += len(data)
+            answer = conn.answer
             try:
-                conn.receive_data(data)
-                out = conn.data_to_send(SEND_SIZE)
-                if out:
-                    try:
-                        sent = conn.send(out)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError as exc:
-                        self._broken(conn, exc)
-                        continue
-                    conn.bytes_sent += sent
-                    if sent < len(out):
-                        conn.pending = memoryview(out)[sent:]
-                        self._want_to_send(conn, now, progressed=sent > 0)
-                        continue
-                    out = conn.data_to_send(SEND_SIZE)
-                if not out and not conn.protocol.close_after_flush:
-                    conn._waiting_since = now  # a new wait for the peer starts now
-                    continue
+                out = None if answer is None or not data else answer(data, SEND_SIZE)
+                if out is None:
+                    conn.receive_data(data)
             except Exception as exc:
                 self._failed(conn, exc)
                 continue
-            conn.pending = out
-            pump(conn, now)
+            if out is None:
+                conn.pending = b""
+                pump(conn, now)  # the general turn: the driver loop takes it from here
+                continue
+            if out:
+                try:
+                    sent = write(fd, out)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    self._broken(conn, exc)
+                    continue
+                conn.bytes_sent += sent
+                if sent < len(out):
+                    conn.pending = memoryview(out)[sent:]
+                    self._want_to_send(conn, now, progressed=sent > 0)
+                    continue
+            conn._waiting_since = now  # a new wait for the peer starts now
 
     def _pump(self, conn: LoopConnection, now: float) -> None:
         # The protocol driver loop, until the connection must wait or has had its turn.
@@ -270,7 +276,7 @@ class EventLoop:
             while True:
                 if pending:
                     try:
-                        sent = conn.send(pending)
+                        sent = os.write(conn.fd, pending)
                     except BlockingIOError:
                         sent = 0
                     except OSError as exc:

@@ -6,7 +6,7 @@ runs under.
 
 from __future__ import annotations
 
-from ._base import Protocol, ProtocolFactory
+from ._base import Answer, Protocol, ProtocolFactory, answer_method
 from ._chargen import CHARGEN_LINE_LENGTH, Chargen, chargen_line
 from ._daytime import Daytime
 from ._discard import Discard
@@ -25,6 +25,7 @@ __all__ = [
     "CHARGEN_LINE_LENGTH",
     "PROXY_V1_MAX_LENGTH",
     "PROXY_V2_SIGNATURE",
+    "Answer",
     "Chargen",
     "Daytime",
     "Discard",
@@ -33,6 +34,7 @@ __all__ = [
     "ProtocolFactory",
     "ProxyHeader",
     "ProxyProtocolError",
+    "answer_method",
     "chargen_line",
     "encode_proxy_v1",
     "encode_proxy_v2",

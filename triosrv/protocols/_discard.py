@@ -48,6 +48,15 @@ class Discard(Protocol):
             raise bad_max_bytes(max_bytes)
         return b""
 
+    def answer(self, data: bytes, max_bytes: int) -> bytes | None:
+        """The fast path (see :mod:`triosrv.protocols._base`): count *data* and return
+        ``b""`` (nothing to send); ``None`` after EOF, so that ``receive_data`` raises.
+        """
+        if self._eof:
+            return None
+        self.bytes_discarded += data.nbytes if isinstance(data, memoryview) else len(data)
+        return b""
+
     @property
     def close_after_flush(self) -> bool:
         """True once the peer has sent EOF."""

@@ -84,6 +84,16 @@ class Echo(Protocol):
             del buffer[:max_bytes]
         return out
 
+    def answer(self, data: bytes, max_bytes: int) -> bytes | None:
+        """The fast path (see :mod:`triosrv.protocols._base`): *data* itself, when
+        nothing is buffered and it fits in *max_bytes*; else ``None``.
+
+        Returns ``None`` after EOF too, so that the driver's ``receive_data`` raises.
+        """
+        if self._chunk or self._buffer or self._eof or len(data) > max_bytes:
+            return None
+        return data if type(data) is bytes else bytes(data)
+
     @property
     def close_after_flush(self) -> bool:
         """True once the peer sent EOF and every received byte has been taken."""
