@@ -1,14 +1,15 @@
 """Is the load generator fast enough? Measure it against a C echo server, in one run.
 
-`triosrv bench load` is a pure-Python generator. Figures for Python servers mean
-something only if the generator is not the bottleneck, so this script runs the same
-load against a C epoll echo server (scripts/c/echo_server.c, built here with cc) and
-against triosrv's default `trio` backend, alternating, and prints the medians and the
-ratio C / triosrv. A ratio of 2x or more means the generator can drive at least twice
-what triosrv serves, so triosrv's figures are the server's, not the generator's.
+`triosrv bench load` has two engines: a C program (the default when a compiler is
+found) and a pure-Python loop. Figures for Python servers mean something only if the
+generator is not the bottleneck, so this script runs the same load against a C epoll
+echo server (scripts/c/echo_server.c, built here with cc) and against triosrv's default
+`trio` backend, alternating, and prints the medians and the ratio C / triosrv. A ratio
+of 2x or more means the generator can drive at least twice what triosrv serves, so
+triosrv's figures are the server's, not the generator's.
 
     python scripts/bench_load_ceiling.py [--runs 3] [--duration 3] [--connections 50]
-                                         [--pipeline 1]
+                                         [--pipeline 1] [--engine c|python|auto]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from triosrv.bench import LoadResult, run_load
+from triosrv.bench import LOAD_ENGINES, LoadResult, run_load
 from triosrv.bench._report import fmt, median, ratio
 from triosrv.bench._servers import (
     machine_facts,
@@ -56,6 +57,7 @@ def measure(
             size=args.size,
             duration=args.duration,
             pipeline=args.pipeline,
+            engine=args.engine,
         )
         server.check_alive("the load")
     return result
@@ -70,6 +72,12 @@ def main() -> None:
     parser.add_argument(
         "--pipeline", type=int, default=1, help="Messages in flight per connection."
     )
+    parser.add_argument(
+        "--engine",
+        choices=LOAD_ENGINES,
+        default="c",
+        help="The load generator's engine (default: c, the one with the higher ceiling).",
+    )
     args = parser.parse_args()
     cpus = plan_cpus()
     facts = machine_facts(cpus)
@@ -77,6 +85,7 @@ def main() -> None:
         os.sched_setaffinity(0, {cpus[1]})
     rates: dict[str, list[float]] = {"C epoll echo": [], "triosrv (trio backend)": []}
     gen_cpu: list[float] = []
+    engines: set[str] = set()
     with tempfile.TemporaryDirectory() as workdir:
         servers = {
             "C epoll echo": [build_c_server(workdir), "0"],
@@ -86,13 +95,14 @@ def main() -> None:
             for name, cmd in servers.items():
                 result = measure(name, cmd, args, cpus)
                 rates[name].append(result.rtps)
+                engines.add(result.engine)
                 if name.startswith("C"):
                     gen_cpu.append(result.cpu_seconds / max(result.duration, 1e-9))
                 print(f"run {run + 1}/{args.runs} {name}: {result.rtps:,.0f} rt/s", file=sys.stderr)
     print("\n".join(machine_lines(facts)))
     print(
         f"load: C={args.connections}, {args.size} B, pipeline {args.pipeline}, "
-        f"{args.duration:g} s x {args.runs} runs"
+        f"{args.duration:g} s x {args.runs} runs, {'/'.join(sorted(engines))} engine"
     )
     for name, values in rates.items():
         print(f"{name:24} {fmt(median(values), ',.0f')} rt/s (median)")

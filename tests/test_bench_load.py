@@ -1,4 +1,5 @@
-"""Tests of the echo load generator (`triosrv.bench.run_load`) and of scripts/bench_echo.py.
+"""Tests of the echo load generator's Python engine (`triosrv.bench.run_load`) and of
+scripts/bench_echo.py.
 
 They run the generator at a tiny size against small echo servers made here and check what
 it counts and that it ends by itself; the autouse ``no_leaks`` fixture of conftest.py checks
@@ -32,9 +33,12 @@ class ThreadedEchoServer:
     Stopping wakes the thread through a socketpair, joins it and closes every socket.
     """
 
-    def __init__(self, transform: Callable[[bytes], bytes] = bytes) -> None:
+    def __init__(
+        self, transform: Callable[[bytes], bytes] = bytes, host: str = "127.0.0.1"
+    ) -> None:
         self.transform = transform
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.create_server((host, 0), family=family)
         self.port = self.listener.getsockname()[1]
         self.wake_r, self.wake_w = socket.socketpair()
         self.selector = selectors.DefaultSelector()
@@ -122,11 +126,13 @@ def _tiny_load(
         pipeline=pipeline,
         processes=processes,
         connect_timeout=connect_timeout,
+        engine="python",  # the C engine has its own tests (test_bench_cengine.py)
     )
 
 
 def test_run_load_counts_round_trips_without_errors(echo_server: ThreadedEchoServer) -> None:
     result = _tiny_load(echo_server.port)
+    assert result.engine == "python"
     assert result.errors == 0, dict(result.error_kinds)
     assert result.round_trips > 0
     assert result.rtps > 0

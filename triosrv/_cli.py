@@ -28,8 +28,10 @@ from ._systemd import listen_fds
 from ._workers import supervise_until_signalled
 from .bench import (
     BACKENDS,
+    LOAD_ENGINES,
     BackendsPlan,
     BenchError,
+    LoadEngineError,
     bench_backends,
     bench_cpu,
     bench_load,
@@ -673,6 +675,14 @@ def bench() -> None:
     show_default=True,
     help="Generator processes.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(LOAD_ENGINES),
+    default="auto",
+    show_default=True,
+    help="The load generator: c (compiled on first use), python, or auto (c when a compiler "
+    "builds it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_load_command(**opts: Any) -> None:
     """Drive an echo server and print round trips/s, latency percentiles, errors, CPU."""
@@ -680,6 +690,8 @@ def bench_load_command(**opts: Any) -> None:
         bench_load(opts.pop("target"), out=sys.stdout, **opts)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    except LoadEngineError as exc:
+        _fail(str(exc))
 
 
 @bench.command("backends")

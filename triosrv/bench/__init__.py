@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ._backends import BACKENDS, BackendsPlan
 from ._backends_report import bench_backends
+from ._cengine import ENGINES as LOAD_ENGINES
+from ._cengine import LoadEngineError
 from ._cpu import bench_cpu
 from ._load import LoadResult, run_load
 from ._loadcmd import bench_load
@@ -13,8 +15,10 @@ from ._tvt import bench_threads_vs_tasks
 
 __all__ = [
     "BACKENDS",
+    "LOAD_ENGINES",
     "BackendsPlan",
     "BenchError",
+    "LoadEngineError",
     "LoadResult",
     "bench_backends",
     "bench_cpu",

@@ -1,8 +1,11 @@
 """An echo load generator with its own event loop, for measuring servers on loopback.
 
-`run_load` is the entry point. The event loop itself lives in `_load_worker` (its module
-docstring explains how a run goes); this module checks the arguments, runs one worker in
-this process or forks several, and merges what they report into a `LoadResult`.
+`run_load` is the entry point. There are two engines with the same design: the Python
+event loop in `_load_worker` (its module docstring explains how a run goes) and a C
+program run by `_cengine`, which costs the generator less CPU per round trip. This module
+checks the arguments, picks the engine, runs one worker in this process or forks several
+(Python), or starts one C process per share of the connections, and merges what they
+report into a `LoadResult`.
 
 With ``processes > 1`` the workers are forked before any socket exists, each takes a share
 of the connections and sends its statistics back through a pipe as a pickle; the parent
@@ -23,10 +26,12 @@ import time
 import traceback
 from array import array
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 import attrs
 
+from ._cengine import ENGINES, LoadEngineError, engine_binary, run_c_engine
 from ._load_worker import Plan, WorkerStats, run_worker
 
 __all__ = ["LoadResult", "run_load"]
@@ -50,13 +55,15 @@ class LoadResult:
     first full echo (the connection-burst figure); both are ``None`` when some connection
     never got there. ``cpu_seconds`` is the generator's own CPU time over the window, and
     ``generator_saturated`` says that it used more than ~90% of the CPU available to it:
-    then the figures describe the generator, not the server.
+    then the figures describe the generator, not the server. ``engine`` names the
+    generator that measured: ``"c"`` or ``"python"``.
     """
 
     connections: int
     size: int
     pipeline: int
     processes: int
+    engine: str
     duration: float
     round_trips: int
     rtps: float
@@ -174,7 +181,7 @@ def _merge_figure(values: list[float | None]) -> float | None:
     return max(known) if known and len(known) == len(values) else None
 
 
-def _merge(stats: list[WorkerStats | None], *, size: int, pipeline: int) -> LoadResult:
+def _merge(stats: list[WorkerStats | None], *, size: int, pipeline: int, engine: str) -> LoadResult:
     done = [s for s in stats if s is not None]
     errors: dict[str, int] = {}
     for s in done:
@@ -191,6 +198,7 @@ def _merge(stats: list[WorkerStats | None], *, size: int, pipeline: int) -> Load
         size=size,
         pipeline=pipeline,
         processes=len(stats),
+        engine=engine,
         duration=window,
         round_trips=sum(s.round_trips for s in done),
         rtps=sum(s.round_trips / s.window for s in done if s.window > 0),
@@ -234,6 +242,28 @@ def _check_counts(connections: int, size: int, pipeline: int, processes: int) ->
         raise ValueError(f"processes must be in 1..connections ({connections}), not {processes}")
 
 
+def _run_python(plan: Plan, shares: list[int]) -> list[WorkerStats | None]:
+    # One share runs in this process; more are forked workers.
+    if len(shares) == 1:
+        return [run_worker(plan, shares[0])]
+    hard_stop = plan.origin + plan.warmup + plan.duration + plan.connect_timeout
+    return _run_forked(plan, shares, hard_stop + _HARD_STOP_SLACK)
+
+
+def _c_engine(engine: str) -> Path | None:
+    # "c" must run the C engine; "auto" runs it when it can be built, else Python.
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "python":
+        return None
+    try:
+        return engine_binary()
+    except LoadEngineError:
+        if engine == "c":
+            raise
+        return None
+
+
 def _raise_fd_limit(needed: int) -> None:
     # 1000 connections need more than the common soft limit of 1024 descriptors.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -254,39 +284,51 @@ def run_load(
     processes: int = 1,
     connect_timeout: float = 5.0,
     seed: int = 0,
+    engine: str = "auto",
 ) -> LoadResult:
     """Drive an echo server at ``host:port`` and measure it; blocks until done.
 
     Opens ``connections`` TCP connections at once; each sends a ``size``-byte payload
     (made once from ``seed``), checks that exactly those bytes come back, and repeats,
     with ``pipeline`` messages in flight. After the warm-up (see the module docstring) it
-    measures for ``duration`` seconds. ``processes > 1`` forks that many workers and
-    merges their results. Connection failures, wrong or missing echoes are counted in the
-    result, never raised. The call ends by itself within
-    ``warmup + duration + connect_timeout + 2`` seconds even if the server hangs, and
-    closes every socket it opened.
+    measures for ``duration`` seconds. ``processes > 1`` runs that many workers, each with
+    a share of the connections, and merges their results. Connection failures, wrong or
+    missing echoes are counted in the result, never raised. The call ends by itself within
+    ``warmup + duration + connect_timeout + 2`` seconds (C engine: ``+ 6``, a bound on its
+    processes) even if the server hangs, and closes every socket it opened.
 
-    Raises ValueError for a host that is not a loopback address or a bad count.
+    ``engine`` picks the generator: ``"c"`` the C program (compiled on first use, see
+    `_cengine`), ``"python"`` the pure-Python loop, ``"auto"`` (the default) the C one
+    when a compiler can build it, else the Python one. The result says which measured.
+
+    Raises ValueError for a host that is not a loopback address, a bad count or an
+    unknown engine; LoadEngineError (a RuntimeError, one line) when ``engine="c"`` and
+    the C engine cannot be built, or when a C engine process fails.
     """
     family, address = _loopback_address(host, port)
     _check_counts(connections, size, pipeline, processes)
     if duration <= 0 or warmup < 0 or connect_timeout <= 0:
         raise ValueError("duration and connect_timeout must be > 0 and warmup >= 0")
+    binary = _c_engine(engine)
     _raise_fd_limit(connections + 64)
-    payload = random.Random(seed).randbytes(size)
-    origin = time.perf_counter()
-    plan = Plan(
-        family=family,
-        address=address,
-        payload=payload,
-        pipeline=pipeline,
-        origin=origin,
-        warmup=warmup,
-        duration=duration,
-        connect_timeout=connect_timeout,
-    )
-    if processes == 1:
-        return _merge([run_worker(plan, connections)], size=size, pipeline=pipeline)
     shares = [connections // processes + (i < connections % processes) for i in range(processes)]
-    hard_stop = origin + warmup + duration + connect_timeout + _HARD_STOP_SLACK
-    return _merge(_run_forked(plan, shares, hard_stop), size=size, pipeline=pipeline)
+    timing = {"warmup": warmup, "duration": duration, "connect_timeout": connect_timeout}
+    stats: list[WorkerStats | None]
+    if binary is not None:
+        stats = list(
+            run_c_engine(
+                binary, address, shares=shares, size=size, pipeline=pipeline, seed=seed, **timing
+            )
+        )
+    else:
+        plan = Plan(
+            family=family,
+            address=address,
+            payload=random.Random(seed).randbytes(size),
+            pipeline=pipeline,
+            origin=time.perf_counter(),
+            **timing,
+        )
+        stats = _run_python(plan, shares)
+    engine_used = "python" if binary is None else "c"
+    return _merge(stats, size=size, pipeline=pipeline, engine=engine_used)

@@ -30,7 +30,8 @@ def load_lines(target: str, result: LoadResult, warmup: float) -> list[str]:
     process_word = "process" if result.processes == 1 else "processes"
     lines = [
         f"target {target}: {result.connections} connections, {result.size} B messages, "
-        f"pipeline {result.pipeline}, {result.processes} {process_word}, "
+        f"pipeline {result.pipeline}, {result.processes} {process_word} "
+        f"({result.engine} engine), "
         f"{result.duration:.2f} s measured after >= {warmup:g} s warm-up",
         f"round trips/s   {result.rtps:,.0f}   ({result.round_trips:,} round trips)",
         f"latency us      p50 {result.p50_us:,.0f}   p90 {result.p90_us:,.0f}   "
@@ -43,9 +44,12 @@ def load_lines(target: str, result: LoadResult, warmup: float) -> list[str]:
         f"({fmt(share, '.0%')} of the {usable} CPU{'s' if usable > 1 else ''} it may use)",
     ]
     if result.generator_saturated:
+        # The C engine is the cheaper generator: suggest it first when it was not used.
+        remedy = "--engine c, " if result.engine == "python" else ""
         lines.append(
             "warning: the load generator itself used over 90% of its CPU: these figures "
-            "measure the generator, not the server (try --processes 2 or fewer connections)"
+            f"measure the generator, not the server (try {remedy}--processes 2 or fewer "
+            "connections)"
         )
     return lines
 
@@ -60,6 +64,7 @@ def bench_load(
     pipeline: int = 1,
     processes: int = 1,
     connect_timeout: float = 5.0,
+    engine: str = "auto",
     as_json: bool = False,
     out: TextIO,
 ) -> LoadResult:
@@ -67,7 +72,9 @@ def bench_load(
 
     ``as_json`` prints one JSON object (the `LoadResult` fields plus ``target`` and
     ``warnings``) instead of text. A progress bar goes to stderr while the load runs,
-    only on a terminal. Raises ValueError for a bad target or count (one line).
+    only on a terminal. ``engine`` is `run_load`'s (the report names the one that
+    measured). Raises ValueError for a bad target or count, LoadEngineError when the C
+    engine was asked for and cannot run (both one line).
     """
     host, port = parse_target(target)
     with progress(f"load {target}", warmup + duration):
@@ -81,6 +88,7 @@ def bench_load(
             pipeline=pipeline,
             processes=processes,
             connect_timeout=connect_timeout,
+            engine=engine,
         )
     if as_json:
         doc: dict[str, Any] = {"target": target, **result.to_dict()}

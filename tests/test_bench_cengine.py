@@ -1,0 +1,370 @@
+"""Tests of the C engine of the load generator (`triosrv.bench._cengine`, ``_cload.c``).
+
+The C tests run `run_load(engine="c")` at a tiny size against the echo servers of
+test_bench_load.py and check what it counts and that it ends by itself; they are skipped
+only when this machine has no C compiler. The engine choice (``auto`` falls back to
+Python, ``c`` fails in one line) is tested with a PATH that holds no compiler, or a fake
+one. Every build goes to a temporary cache directory, never the user's. No test asserts
+a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from triosrv.bench import LoadEngineError, LoadResult, _cengine, run_load
+
+from .test_bench_load import ThreadedEchoServer
+
+SOURCE = Path(_cengine.__file__).with_name("_cload.c")
+needs_cc = pytest.mark.skipif(_cengine.find_compiler() is None, reason="no C compiler here")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    # One build per module, in a directory of its own; the in-process memo of checked
+    # binaries is kept apart too, so that no test sees another's binary by accident.
+    cache = tmp_path_factory.getbasetemp() / "xdg-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        patch.setattr(_cengine, "_checked", set())
+        yield cache
+
+
+@pytest.fixture
+def echo_server() -> Iterator[ThreadedEchoServer]:
+    server = ThreadedEchoServer()
+    yield server
+    server.stop()
+
+
+def _tiny_c_load(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    connections: int = 2,
+    size: int = 64,
+    duration: float = 0.3,
+    pipeline: int = 1,
+    processes: int = 1,
+    connect_timeout: float = 5.0,
+) -> LoadResult:
+    return run_load(
+        host,
+        port,
+        connections=connections,
+        size=size,
+        duration=duration,
+        warmup=0.1,
+        pipeline=pipeline,
+        processes=processes,
+        connect_timeout=connect_timeout,
+        engine="c",
+    )
+
+
+def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+
+
+def _fake_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    # A "cc" that is a shell script: the build step runs it like any compiler.
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: str(fake) if name == "cc" else None)
+
+
+@needs_cc
+def test_cload_source_compiles_without_warnings(tmp_path: Path) -> None:
+    compiler = _cengine.find_compiler()
+    assert compiler is not None
+    flags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
+    done = subprocess.run(
+        [compiler, *flags, "-o", str(tmp_path / "cload"), str(SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@needs_cc
+def test_cengine_counts_round_trips_without_errors(echo_server: ThreadedEchoServer) -> None:
+    result = _tiny_c_load(echo_server.port)
+    assert result.engine == "c"
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.round_trips > 0
+    assert result.rtps > 0
+    assert result.connections == 2
+    assert 0 < result.p50_us <= result.p90_us <= result.p99_us <= result.p999_us <= result.max_us
+    assert result.connect_ms is not None
+    assert result.first_echo_ms is not None
+    assert result.connect_ms <= result.first_echo_ms
+    assert result.cpu_seconds > 0
+    json.dumps(result.to_dict())
+
+
+@needs_cc
+def test_cengine_counts_corrupted_echo_as_mismatch() -> None:
+    server = ThreadedEchoServer(transform=lambda data: bytes(b ^ 1 for b in data))
+    try:
+        result = _tiny_c_load(server.port)
+    finally:
+        server.stop()
+    assert result.error_kinds.get("mismatch") == 2
+    assert result.errors == 2
+    assert result.round_trips == 0
+    assert result.first_echo_ms is None
+
+
+@needs_cc
+def test_cengine_counts_extra_echoed_bytes_as_mismatch() -> None:
+    # Every byte twice: the first copy is right, the second is more than was sent.
+    server = ThreadedEchoServer(transform=lambda data: data + data)
+    try:
+        result = _tiny_c_load(server.port)
+    finally:
+        server.stop()
+    assert result.error_kinds.get("mismatch") == 2
+
+
+@needs_cc
+def test_cengine_keeps_a_pipeline_of_messages_in_flight(echo_server: ThreadedEchoServer) -> None:
+    result = _tiny_c_load(echo_server.port, pipeline=4, size=3000)
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.round_trips > 0
+    assert result.pipeline == 4
+
+
+@needs_cc
+def test_cengine_counts_refused_connections() -> None:
+    # A bound socket that does not listen: connects to its port are refused.
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        result = _tiny_c_load(placeholder.getsockname()[1], connections=3)
+    assert result.error_kinds.get("connect:ECONNREFUSED") == 3
+    assert result.round_trips == 0
+    assert result.connect_ms is None
+
+
+@needs_cc
+def test_cengine_ends_by_itself_when_the_server_never_answers() -> None:
+    # The kernel completes the handshakes into the backlog, but nobody ever accepts.
+    # real sleep: the engine's deadlines are wall-clock by design; this run lasts
+    # warmup + connect_timeout + duration, about 0.6 s.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        started = time.monotonic()
+        result = _tiny_c_load(silent.getsockname()[1], duration=0.2, connect_timeout=0.3)
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.1 + 0.2 + 0.3 + _cengine._EXIT_SLACK  # the hard stop, not a speed
+    assert result.error_kinds.get("no_first_echo") == 2
+    assert result.round_trips == 0
+    assert result.first_echo_ms is None
+
+
+@needs_cc
+def test_cengine_runs_one_process_per_share_and_merges(echo_server: ThreadedEchoServer) -> None:
+    result = _tiny_c_load(echo_server.port, connections=5, processes=2, pipeline=2)
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.processes == 2
+    assert result.connections == 5
+    assert result.round_trips > 0
+    assert result.first_echo_ms is not None
+
+
+@needs_cc
+def test_cengine_drives_an_ipv6_loopback_server() -> None:
+    try:
+        server = ThreadedEchoServer(host="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        result = _tiny_c_load(server.port, host="::1")
+    finally:
+        server.stop()
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.round_trips > 0
+
+
+@needs_cc
+def test_cengine_thins_latency_samples_past_the_cap(
+    echo_server: ThreadedEchoServer, tmp_path: Path
+) -> None:
+    # A build with a cap of 8 samples: the run must keep at most 8 and thin the rest.
+    compiler = _cengine.find_compiler()
+    assert compiler is not None
+    binary = tmp_path / "cload-cap8"
+    subprocess.run(
+        [compiler, "-O2", "-DSAMPLE_CAP=8", "-o", str(binary), str(SOURCE)], check=True, timeout=120
+    )
+    [stats] = _cengine.run_c_engine(
+        binary,
+        ("127.0.0.1", echo_server.port),
+        shares=[2],
+        size=64,
+        pipeline=1,
+        warmup=0.1,
+        duration=0.3,
+        connect_timeout=5.0,
+        seed=0,
+    )
+    assert stats.round_trips > 8
+    assert stats.mask > 0
+    assert 0 < len(stats.samples) // 8 <= 8
+
+
+@needs_cc
+def test_engine_binary_is_cached_by_source_and_compiler(
+    private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _cengine.engine_binary()
+    assert first.parent == private_cache / "triosrv"
+    built_at = first.stat().st_mtime_ns
+    monkeypatch.setattr(_cengine, "_checked", set())
+    assert _cengine.engine_binary() == first
+    assert first.stat().st_mtime_ns == built_at  # found in the cache, not rebuilt
+    monkeypatch.setattr(_cengine, "_CFLAGS", (*_cengine._CFLAGS, "-g"))
+    assert _cengine.engine_binary() != first  # other flags, another binary
+
+
+def test_run_load_auto_falls_back_to_python_without_a_compiler(
+    echo_server: ThreadedEchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_compiler(monkeypatch)
+    result = run_load(
+        "127.0.0.1", echo_server.port, connections=2, size=64, duration=0.2, warmup=0.1
+    )
+    assert result.engine == "python"
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.round_trips > 0
+
+
+def test_run_load_c_without_a_compiler_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_compiler(monkeypatch)
+    with pytest.raises(LoadEngineError, match="needs a C compiler") as caught:
+        run_load("127.0.0.1", 9, connections=1, size=1, duration=0.1, engine="c")
+    assert "\n" not in str(caught.value)
+
+
+def test_run_load_refuses_an_unknown_engine() -> None:
+    with pytest.raises(ValueError, match="engine must be one of auto, c, python"):
+        run_load("127.0.0.1", 9, connections=1, size=1, duration=0.1, engine="rust")
+
+
+def test_engine_binary_shows_the_compilers_first_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_compiler(
+        tmp_path,
+        monkeypatch,
+        "echo 'In function main:' >&2\necho '_cload.c:1:1: error: boom' >&2\nexit 1\n",
+    )
+    with pytest.raises(
+        LoadEngineError, match=r"did not build with .*: _cload\.c:1:1: error: boom$"
+    ):
+        _cengine.engine_binary()
+
+
+def test_run_load_auto_falls_back_to_python_when_the_build_fails(
+    echo_server: ThreadedEchoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_compiler(tmp_path, monkeypatch, "echo 'error: no' >&2\nexit 1\n")
+    result = run_load(
+        "127.0.0.1", echo_server.port, connections=1, size=64, duration=0.2, warmup=0.1
+    )
+    assert result.engine == "python"
+
+
+def _fake_engine(tmp_path: Path, script: str) -> Path:
+    fake = tmp_path / "fake-cload"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    return fake
+
+
+def _run_fake(binary: Path) -> None:
+    _cengine.run_c_engine(
+        binary,
+        ("127.0.0.1", 9),
+        shares=[1, 1],
+        size=1,
+        pipeline=1,
+        warmup=0.0,
+        duration=0.1,
+        connect_timeout=0.1,
+        seed=0,
+    )
+
+
+def test_run_c_engine_reports_a_failed_process_in_one_line(tmp_path: Path) -> None:
+    binary = _fake_engine(tmp_path, "echo '_cload: epoll_create1: out of memory' >&2\nexit 1\n")
+    with pytest.raises(LoadEngineError, match=r"exit status 1\): _cload: epoll_create1: out of"):
+        _run_fake(binary)
+
+
+def test_run_c_engine_rejects_output_that_is_not_a_result(tmp_path: Path) -> None:
+    with pytest.raises(LoadEngineError, match="no valid result"):
+        _run_fake(_fake_engine(tmp_path, "echo '{\"round_trips\": 1}'\n"))
+
+
+def test_run_c_engine_kills_a_process_past_its_hard_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # exec: the pid we kill is the sleeping process itself, not a shell above it.
+    # real sleep: the hard stop is wall-clock by design (0.2 s run + 0.3 s slack here).
+    monkeypatch.setattr(_cengine, "_EXIT_SLACK", 0.3)
+    binary = _fake_engine(tmp_path, "exec sleep 30\n")
+    started = time.monotonic()
+    with pytest.raises(LoadEngineError, match="did not finish by its hard stop"):
+        _run_fake(binary)
+    assert time.monotonic() - started < 10  # killed, not waited for 30 s
+
+
+def test_bench_load_cli_names_the_engine(echo_server: ThreadedEchoServer) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "triosrv", "bench", "load", "--engine", "python"),
+            *("--target", f"127.0.0.1:{echo_server.port}", "--connections", "2"),
+            *("--duration", "0.2", "--warmup", "0.1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(python engine)" in done.stdout
+
+
+def test_bench_load_cli_engine_c_without_a_compiler_exits_1(tmp_path: Path) -> None:
+    # An empty directory as PATH: no cc, gcc or clang can be found.
+    env = {**os.environ, "PATH": str(tmp_path)}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "triosrv", "bench", "load", "--engine", "c"),
+            *("--target", "127.0.0.1:9", "--duration", "0.1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: the C load engine needs a C compiler (cc, gcc or clang) on PATH; "
+        "install one, or use the Python engine (--engine python)"
+    ]
