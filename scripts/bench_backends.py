@@ -39,6 +39,7 @@ from triosrv.bench import run_load  # noqa: E402
 from triosrv.bench._servers import (  # noqa: E402
     Server,
     machine_facts,
+    machine_lines,
     plan_cpus,
     process_cpu_seconds,
     running_server,
@@ -161,10 +162,7 @@ def print_report(doc: dict[str, object], args: argparse.Namespace) -> None:
         f"echo, C={args.connections}, {args.size} B: medians of {args.runs} alternating "
         f"run(s) of {args.duration:g} s (after {args.warmup:g} s warm-up)"
     )
-    print(
-        f"machine: {m.get('cpu_count')} CPUs, Python {m.get('python')}, trio {m.get('trio')}; "
-        f"servers on CPU {m.get('servers_on_cpu')}, load generator on CPU {m.get('load_on_cpu')}"
-    )
+    print("\n".join(machine_lines(m)))
     print(
         f"\n{'server':<16}{'round trips/s':>14}{'vs serve_tcp':>14}{'vs trio':>10}"
         f"{'CPU us/rt':>11}{'CPU vs serve_tcp':>18}{'errors':>8}"
@@ -199,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers = start_all(stack, cmds, cpus[0] if cpus else None)
         measured = list(rounds(servers, args))
     doc = summarize(measured, list(cmds))
-    doc["machine"] = machine_facts(cpus)
+    doc["machine"] = machine_facts(cpus, with_engine=True)
     doc["settings"] = {k: v for k, v in vars(args).items() if k != "names"}
     doc["commands"] = cmds
     if args.json:

@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     candidate = shlex.split(args.candidate_cmd) if args.candidate_cmd else CANDIDATE_CMD
     commands = {"baseline": BASELINE_CMD, "candidate": candidate}
     cpus = plan_cpus()
-    machine = machine_facts(cpus)  # before pinning this process to one CPU
+    machine = machine_facts(cpus, with_engine=True)  # before pinning this process to one CPU
     if cpus:
         os.sched_setaffinity(0, {cpus[1]})
     try:

@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     commands, notes = peer_commands()
     cpus = plan_cpus()
-    machine = machine_facts(cpus)  # before pinning this process to one CPU
+    machine = machine_facts(cpus, with_engine=True)  # before pinning this process to one CPU
     if cpus:
         os.sched_setaffinity(0, {cpus[1]})
     try:

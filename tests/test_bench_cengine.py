@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from triosrv.bench import LoadEngineError, LoadResult, _cengine, run_load
+from triosrv.bench._servers import machine_facts, machine_lines
 
 from .test_bench_load import ThreadedEchoServer
 
@@ -250,6 +251,16 @@ def test_run_load_auto_falls_back_to_python_without_a_compiler(
     assert result.engine == "python"
     assert result.errors == 0, dict(result.error_kinds)
     assert result.round_trips > 0
+
+
+@needs_cc
+def test_machine_facts_name_the_engine_auto_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = machine_facts(None, with_engine=True)
+    assert facts["load_engine"] == "c"
+    assert "load generator: triosrv bench load, c engine" in machine_lines(facts)
+    _no_compiler(monkeypatch)
+    assert machine_facts(None, with_engine=True)["load_engine"] == "python"
+    assert "load_engine" not in machine_facts(None)
 
 
 def test_run_load_c_without_a_compiler_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

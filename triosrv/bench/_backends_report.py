@@ -57,7 +57,8 @@ def bench_backends(
 
         check_plotting()  # fail before minutes of measuring, not after
     cpus = plan_cpus()
-    doc: dict[str, Any] = {"machine": machine_facts(cpus), "plan": attrs.asdict(plan)}
+    machine = machine_facts(cpus, with_engine=True)
+    doc: dict[str, Any] = {"machine": machine, "plan": attrs.asdict(plan)}
     has_backend = listen_has_backend()
     steps = _Steps(
         len(names) * plan.seconds_per_backend(), sys.stdout.isatty() and sys.stderr.isatty()

@@ -264,6 +264,14 @@ def _c_engine(engine: str) -> Path | None:
         return None
 
 
+def resolve_engine(engine: str = "auto") -> str:
+    """Which engine `run_load` with this ``engine`` argument runs: ``"c"`` or ``"python"``.
+
+    Builds the C engine if needed (as the run would). Raises like `run_load`.
+    """
+    return "python" if _c_engine(engine) is None else "c"
+
+
 def _raise_fd_limit(needed: int) -> None:
     # 1000 connections need more than the common soft limit of 1024 descriptors.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -31,6 +31,8 @@ from typing import IO, Any
 
 import attrs
 
+from ._load import resolve_engine
+
 __all__ = [
     "BenchError",
     "Server",
@@ -241,13 +243,17 @@ def _version(name: str) -> str | None:
         return None
 
 
-def machine_facts(cpus: tuple[int, int] | None) -> dict[str, Any]:
-    """The facts a reader needs to weigh the figures (call before pinning this process)."""
+def machine_facts(cpus: tuple[int, int] | None, *, with_engine: bool = False) -> dict[str, Any]:
+    """The facts a reader needs to weigh the figures (call before pinning this process).
+
+    With ``with_engine=True`` (a report of `run_load` figures) they include which engine of the
+    load generator measured (building the C engine if needed, as the run would).
+    """
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return {
+    facts: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "cpu_model": _cpu_model(),
@@ -259,6 +265,9 @@ def machine_facts(cpus: tuple[int, int] | None) -> dict[str, Any]:
         "load_on_cpu": cpus[1] if cpus else None,
         "pinned_with": "taskset" if shutil.which("taskset") else "sched_setaffinity",
     }
+    if with_engine:
+        facts["load_engine"] = resolve_engine()
+    return facts
 
 
 def _cpu_model() -> str | None:
@@ -285,4 +294,6 @@ def machine_lines(m: dict[str, Any]) -> list[str]:
     if m["servers_on_cpu"] is not None:
         pin = f"servers on CPU {m['servers_on_cpu']}, load generator on CPU {m['load_on_cpu']}"
     lines.append(f"pinning ({m['pinned_with']}): {pin}")
+    if m.get("load_engine"):
+        lines.append(f"load generator: triosrv bench load, {m['load_engine']} engine")
     return lines
