@@ -190,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when it ran (whatever the figures), 1 when a server failed."""
     args = parse_args(argv)
     cpus = plan_cpus()
+    machine = machine_facts(cpus, with_engine=True)  # before pinning and measuring
     if cpus is not None:
         os.sched_setaffinity(0, {cpus[1]})  # the load generator's CPU
     cmds = commands(args.names)
@@ -197,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers = start_all(stack, cmds, cpus[0] if cpus else None)
         measured = list(rounds(servers, args))
     doc = summarize(measured, list(cmds))
-    doc["machine"] = machine_facts(cpus, with_engine=True)
+    doc["machine"] = machine
     doc["settings"] = {k: v for k, v in vars(args).items() if k != "names"}
     doc["commands"] = cmds
     if args.json:
