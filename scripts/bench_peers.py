@@ -55,6 +55,12 @@ PEERS = REPO / "scripts" / "peers"
 PY = sys.executable
 CONNECT_TIMEOUT = 10.0  # plain trio.serve_tcp needs seconds for a 1000-client burst
 BASELINES = ("trio.serve_tcp", "asyncio streams")
+# The issue's targets: (candidate, reference, the connection counts it applies to or
+# None for all); each is checked on the median of the per-round ratios.
+TARGETS = (
+    ("triosrv epoll", "uvloop Protocol", (50, 1000)),
+    ("triosrv default", "trio.serve_tcp", None),
+)
 
 
 def peer_commands() -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -90,8 +96,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="Warm-up seconds per run.")
     parser.add_argument("--connections", help="Comma-separated counts (default 1,50,1000).")
     parser.add_argument("--size", type=int, default=64, help="Message bytes (default 64).")
+    parser.add_argument(
+        "--servers",
+        help="Comma-separated server names to measure (default: all), "
+        "e.g. 'triosrv epoll,uvloop Protocol'.",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON document.")
     args = parser.parse_args(argv)
+    args.servers = [n.strip() for n in args.servers.split(",")] if args.servers else None
     if args.runs < 1 or args.size < 1:
         parser.error("--runs and --size must be at least 1")
     if args.duration is None:
@@ -173,6 +185,26 @@ def summarize(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
+def check_targets(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
+    """The targets that apply to what was measured, each with its per-round ratio."""
+    checked = []
+    for connections, runs in results.items():
+        for candidate, reference, counts in TARGETS:
+            if candidate not in runs or reference not in runs:
+                continue
+            if counts is not None and connections not in counts:
+                continue
+            value = pair_ratio(runs, candidate, reference, "rtps")
+            checked.append(
+                {
+                    "target": f"{candidate} >= 1x {reference} at C={connections}",
+                    "ratio": value,
+                    "met": value is not None and value >= 1.0,
+                }
+            )
+    return checked
+
+
 def print_report(doc: dict[str, Any]) -> None:
     """The table for people."""
     s = doc["settings"]
@@ -205,12 +237,28 @@ def print_report(doc: dict[str, Any]) -> None:
         print("* the load generator used over 90% of its CPU: that rate is generator-bound")
     for name, note in doc["skipped"].items():
         print(f"skipped {name}: {note}")
+    if doc["targets"]:
+        print()
+    for target in doc["targets"]:
+        verdict = "met" if target["met"] else "NOT met"
+        value = fmt(target["ratio"], ".2f", "x")
+        print(f"target {target['target']}: {value} (median per-round ratio), {verdict}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 on success, 1 when a server failed."""
     args = parse_args(argv)
     commands, notes = peer_commands()
+    if args.servers:
+        unknown = sorted(set(args.servers) - set(commands) - set(notes))
+        if unknown:
+            print(
+                f"bench_peers: unknown server(s): {', '.join(unknown)}; known: "
+                f"{', '.join([*commands, *notes])}",
+                file=sys.stderr,
+            )
+            return 2
+        commands = {name: cmd for name, cmd in commands.items() if name in args.servers}
     cpus = plan_cpus()
     machine = machine_facts(cpus, with_engine=True)  # before pinning this process to one CPU
     if cpus:
@@ -233,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "commands": commands,
         "skipped": notes,
         "rows": summarize(results),
+        "targets": check_targets(results),
     }
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -246,3 +246,28 @@ def test_bench_peers_measures_every_peer_and_ratios() -> None:
     assert by_name["asyncio streams"]["vs_asyncio"] == pytest.approx(1.0)
     assert all(row["errors"] == 0 for row in doc["rows"])
     assert doc["machine"]["cpu_count"] >= 1
+
+
+def _run_peers(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(REPO / "scripts" / "bench_peers.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets() -> None:
+    done = _run_peers(
+        *("--runs", "1", "--duration", "0.15", "--warmup", "0.05", "--connections", "50"),
+        *("--servers", "triosrv default,trio.serve_tcp", "--json"),
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert {row["server"] for row in doc["rows"]} == {"triosrv default", "trio.serve_tcp"}
+    (target,) = doc["targets"]  # the uvloop target needs both of its servers
+    assert target["target"] == "triosrv default >= 1x trio.serve_tcp at C=50"
+    assert target["met"] == (target["ratio"] >= 1.0)
+
+
+def test_bench_peers_refuses_an_unknown_server_in_one_line() -> None:
+    done = _run_peers("--servers", "nginx")
+    assert done.returncode == 2
+    assert "unknown server(s): nginx" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
