@@ -30,6 +30,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -41,7 +42,7 @@ from triosrv.bench._servers import (  # noqa: E402
     machine_facts,
     machine_lines,
     plan_cpus,
-    process_cpu_seconds,
+    process_cpu_times,
     running_server,
     triosrv_listen_cmd,
 )
@@ -90,15 +91,21 @@ def start_all(stack: ExitStack, cmds: dict[str, list[str]], cpu: int | None) -> 
     return [stack.enter_context(running_server(name, cmd, cpu)) for name, cmd in cmds.items()]
 
 
-Measured = tuple[str, float, float | None, int]
+class Measured(NamedTuple):
+    """One run of one server."""
+
+    name: str
+    rtps: float
+    cpu_us: float | None  # the server's CPU microseconds per round trip
+    user_us: float | None  # the user-space share of cpu_us (the interpreter, for Python)
+    errors: int
 
 
 def rounds(servers: list[Server], args: argparse.Namespace) -> Iterator[Measured]:
-    """Measure every server once per round; yield (name, round trips/s, server CPU
-    microseconds per round trip, errors)."""
+    """Measure every server once per round."""
     for _ in range(args.runs):
         for server in servers:
-            cpu_before = process_cpu_seconds(server.proc.pid)
+            cpu_before = process_cpu_times(server.proc.pid)
             result = run_load(
                 "127.0.0.1",
                 server.port,
@@ -108,15 +115,17 @@ def rounds(servers: list[Server], args: argparse.Namespace) -> Iterator[Measured
                 warmup=args.warmup,
                 connect_timeout=10.0,
             )
-            cpu_after = process_cpu_seconds(server.proc.pid)
+            cpu_after = process_cpu_times(server.proc.pid)
             server.check_alive(f"the run of {server.name}")
             # CPU over the whole call (warm-up included) per round trip at the measured
             # rate: an estimate, but one that other processes' load barely moves.
-            cpu_us = None
+            cpu_us = user_us = None
             if cpu_before is not None and cpu_after is not None and result.rtps:
-                spent = (cpu_after - cpu_before) / (args.warmup + args.duration)
-                cpu_us = spent / result.rtps * 1e6
-            yield server.name, result.rtps, cpu_us, result.errors
+                per_rt = 1e6 / ((args.warmup + args.duration) * result.rtps)
+                user = cpu_after[0] - cpu_before[0]
+                cpu_us = (user + cpu_after[1] - cpu_before[1]) * per_rt
+                user_us = user * per_rt
+            yield Measured(server.name, result.rtps, cpu_us, user_us, result.errors)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -126,9 +135,10 @@ def _median(values: list[float | None]) -> float | None:
 
 def summarize(measured: list[Measured], names: list[str]) -> dict[str, object]:
     """Medians, ratios and the targets' verdicts, as plain data."""
-    rates = {n: statistics.median(r for m, r, _, _ in measured if m == n) for n in names}
-    cpu = {n: _median([c for m, _, c, _ in measured if m == n]) for n in names}
-    errors = {n: sum(e for m, _, _, e in measured if m == n) for n in names}
+    rates = {n: statistics.median(m.rtps for m in measured if m.name == n) for n in names}
+    cpu = {n: _median([m.cpu_us for m in measured if m.name == n]) for n in names}
+    user = {n: _median([m.user_us for m in measured if m.name == n]) for n in names}
+    errors = {n: sum(m.errors for m in measured if m.name == n) for n in names}
     base, trio_rate, base_cpu = rates[BASELINE], rates.get("trio"), cpu[BASELINE]
     rows = [
         {
@@ -137,6 +147,7 @@ def summarize(measured: list[Measured], names: list[str]) -> dict[str, object]:
             "vs_serve_tcp": rates[n] / base if base else None,
             "vs_trio_backend": rates[n] / trio_rate if trio_rate else None,
             "cpu_us_per_rt": cpu[n],
+            "user_us_per_rt": user[n],
             "cpu_vs_serve_tcp": base_cpu / cpu[n] if base_cpu and cpu[n] else None,
             "errors": errors[n],
         }
@@ -165,19 +176,22 @@ def print_report(doc: dict[str, object], args: argparse.Namespace) -> None:
     print("\n".join(machine_lines(m)))
     print(
         f"\n{'server':<16}{'round trips/s':>14}{'vs serve_tcp':>14}{'vs trio':>10}"
-        f"{'CPU us/rt':>11}{'CPU vs serve_tcp':>18}{'errors':>8}"
+        f"{'CPU us/rt':>11}{'user us/rt':>12}{'CPU vs serve_tcp':>18}{'errors':>8}"
     )
     for row in doc["rows"]:  # type: ignore[attr-defined]
         vs_base = f"{row['vs_serve_tcp']:.2f}x" if row["vs_serve_tcp"] else "-"
         vs_trio = f"{row['vs_trio_backend']:.2f}x" if row["vs_trio_backend"] else "-"
         cpu = f"{row['cpu_us_per_rt']:.1f}" if row["cpu_us_per_rt"] else "-"
+        user = f"{row['user_us_per_rt']:.2f}" if row["user_us_per_rt"] else "-"
         cpu_ratio = f"{row['cpu_vs_serve_tcp']:.2f}x" if row["cpu_vs_serve_tcp"] else "-"
         print(
             f"{row['server']:<16}{row['rtps']:>14,.0f}{vs_base:>14}{vs_trio:>10}"
-            f"{cpu:>11}{cpu_ratio:>18}{row['errors']:>8}"
+            f"{cpu:>11}{user:>12}{cpu_ratio:>18}{row['errors']:>8}"
         )
     print(
         "CPU us/rt: the server's CPU time per round trip (an estimate over the whole run);"
+        "\nuser us/rt: the part of it spent in user space (for a Python server, the "
+        "interpreter;\n  the rest is the kernel's send and recv, the same for every design)"
         "\nCPU vs serve_tcp: how many times less CPU than trio.serve_tcp a round trip costs"
     )
     print()

@@ -43,6 +43,7 @@ __all__ = [
     "plan_cpus",
     "process_cpu_ns",
     "process_cpu_seconds",
+    "process_cpu_times",
     "process_rss_bytes",
     "running_server",
     "triosrv_listen_cmd",
@@ -195,14 +196,25 @@ def running_server(
             _stop(proc)
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far, from /proc; None if unreadable."""
+def process_cpu_times(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of a process so far, from /proc; None if unreadable.
+
+    User time is the process's own code (for a Python server: the interpreter); system
+    time is the kernel working for it (syscalls, and on loopback the peer's TCP receive).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, from /proc; None if unreadable."""
+    times = process_cpu_times(pid)
+    return None if times is None else times[0] + times[1]
 
 
 def process_cpu_ns(pid: int) -> int | None:
