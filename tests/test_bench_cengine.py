@@ -10,10 +10,8 @@ a speed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -100,90 +98,6 @@ def test_cload_source_compiles_without_warnings(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-
-
-@needs_cc
-def test_cengine_counts_round_trips_without_errors(echo_server: ThreadedEchoServer) -> None:
-    result = _tiny_c_load(echo_server.port)
-    assert result.engine == "c"
-    assert result.errors == 0, dict(result.error_kinds)
-    assert result.round_trips > 0
-    assert result.rtps > 0
-    assert result.connections == 2
-    assert 0 < result.p50_us <= result.p90_us <= result.p99_us <= result.p999_us <= result.max_us
-    assert result.connect_ms is not None
-    assert result.first_echo_ms is not None
-    assert result.connect_ms <= result.first_echo_ms
-    assert result.cpu_seconds > 0
-    json.dumps(result.to_dict())
-
-
-@needs_cc
-def test_cengine_counts_corrupted_echo_as_mismatch() -> None:
-    server = ThreadedEchoServer(transform=lambda data: bytes(b ^ 1 for b in data))
-    try:
-        result = _tiny_c_load(server.port)
-    finally:
-        server.stop()
-    assert result.error_kinds.get("mismatch") == 2
-    assert result.errors == 2
-    assert result.round_trips == 0
-    assert result.first_echo_ms is None
-
-
-@needs_cc
-def test_cengine_counts_extra_echoed_bytes_as_mismatch() -> None:
-    # Every byte twice: the first copy is right, the second is more than was sent.
-    server = ThreadedEchoServer(transform=lambda data: data + data)
-    try:
-        result = _tiny_c_load(server.port)
-    finally:
-        server.stop()
-    assert result.error_kinds.get("mismatch") == 2
-
-
-@needs_cc
-def test_cengine_keeps_a_pipeline_of_messages_in_flight(echo_server: ThreadedEchoServer) -> None:
-    result = _tiny_c_load(echo_server.port, pipeline=4, size=3000)
-    assert result.errors == 0, dict(result.error_kinds)
-    assert result.round_trips > 0
-    assert result.pipeline == 4
-
-
-@needs_cc
-def test_cengine_counts_refused_connections() -> None:
-    # A bound socket that does not listen: connects to its port are refused.
-    with socket.socket() as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        result = _tiny_c_load(placeholder.getsockname()[1], connections=3)
-    assert result.error_kinds.get("connect:ECONNREFUSED") == 3
-    assert result.round_trips == 0
-    assert result.connect_ms is None
-
-
-@needs_cc
-def test_cengine_ends_by_itself_when_the_server_never_answers() -> None:
-    # The kernel completes the handshakes into the backlog, but nobody ever accepts.
-    # real sleep: the engine's deadlines are wall-clock by design; this run lasts
-    # warmup + connect_timeout + duration, about 0.6 s.
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        started = time.monotonic()
-        result = _tiny_c_load(silent.getsockname()[1], duration=0.2, connect_timeout=0.3)
-        elapsed = time.monotonic() - started
-    assert elapsed < 0.1 + 0.2 + 0.3 + _cengine._EXIT_SLACK  # the hard stop, not a speed
-    assert result.error_kinds.get("no_first_echo") == 2
-    assert result.round_trips == 0
-    assert result.first_echo_ms is None
-
-
-@needs_cc
-def test_cengine_runs_one_process_per_share_and_merges(echo_server: ThreadedEchoServer) -> None:
-    result = _tiny_c_load(echo_server.port, connections=5, processes=2, pipeline=2)
-    assert result.errors == 0, dict(result.error_kinds)
-    assert result.processes == 2
-    assert result.connections == 5
-    assert result.round_trips > 0
-    assert result.first_echo_ms is not None
 
 
 @needs_cc

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from triosrv.bench import LoadResult, _load_worker, run_load
+from triosrv.bench import LoadResult, _cengine, _load_worker, run_load
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = [sys.executable, str(REPO / "scripts" / "_trio_echo_baseline.py")]
@@ -82,6 +82,20 @@ class ThreadedEchoServer:
         self.selector.close()
 
 
+@pytest.fixture(
+    params=[
+        "python",
+        pytest.param(
+            "c",
+            marks=pytest.mark.skipif(_cengine.find_compiler() is None, reason="no C compiler here"),
+        ),
+    ]
+)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each engine of the generator: the behaviour tests below run once per engine."""
+    return str(request.param)
+
+
 @pytest.fixture
 def echo_server() -> Iterator[ThreadedEchoServer]:
     server = ThreadedEchoServer()
@@ -115,6 +129,7 @@ def _tiny_load(
     pipeline: int = 1,
     processes: int = 1,
     connect_timeout: float = 5.0,
+    engine: str = "python",
 ) -> LoadResult:
     return run_load(
         "127.0.0.1",
@@ -126,13 +141,15 @@ def _tiny_load(
         pipeline=pipeline,
         processes=processes,
         connect_timeout=connect_timeout,
-        engine="python",  # the C engine has its own tests (test_bench_cengine.py)
+        engine=engine,
     )
 
 
-def test_run_load_counts_round_trips_without_errors(echo_server: ThreadedEchoServer) -> None:
-    result = _tiny_load(echo_server.port)
-    assert result.engine == "python"
+def test_run_load_counts_round_trips_without_errors(
+    echo_server: ThreadedEchoServer, engine: str
+) -> None:
+    result = _tiny_load(echo_server.port, engine=engine)
+    assert result.engine == engine
     assert result.errors == 0, dict(result.error_kinds)
     assert result.round_trips > 0
     assert result.rtps > 0
@@ -145,10 +162,20 @@ def test_run_load_counts_round_trips_without_errors(echo_server: ThreadedEchoSer
     json.dumps(result.to_dict())
 
 
-def test_run_load_counts_corrupted_echo_as_error() -> None:
+def test_run_load_counts_extra_echoed_bytes_as_mismatch(engine: str) -> None:
+    # Every byte twice: the first copy is right, the second is more than was sent.
+    server = ThreadedEchoServer(transform=lambda data: data + data)
+    try:
+        result = _tiny_load(server.port, engine=engine)
+    finally:
+        server.stop()
+    assert result.error_kinds.get("mismatch") == 2
+
+
+def test_run_load_counts_corrupted_echo_as_error(engine: str) -> None:
     server = ThreadedEchoServer(transform=lambda data: bytes(b ^ 1 for b in data))
     try:
-        result = _tiny_load(server.port)
+        result = _tiny_load(server.port, engine=engine)
     finally:
         server.stop()
     assert result.errors > 0
@@ -157,8 +184,10 @@ def test_run_load_counts_corrupted_echo_as_error() -> None:
     assert result.first_echo_ms is None
 
 
-def test_run_load_keeps_a_pipeline_of_messages_in_flight(echo_server: ThreadedEchoServer) -> None:
-    result = _tiny_load(echo_server.port, pipeline=4, size=3000)
+def test_run_load_keeps_a_pipeline_of_messages_in_flight(
+    echo_server: ThreadedEchoServer, engine: str
+) -> None:
+    result = _tiny_load(echo_server.port, pipeline=4, size=3000, engine=engine)
     assert result.errors == 0, dict(result.error_kinds)
     assert result.round_trips > 0
     assert result.pipeline == 4
@@ -168,7 +197,7 @@ def test_run_load_thins_latency_samples_past_the_cap(
     echo_server: ThreadedEchoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_load_worker, "_SAMPLE_CAP", 8)
-    result = _tiny_load(echo_server.port)
+    result = _tiny_load(echo_server.port)  # the Python engine's cap (the C one: its tests)
     assert result.errors == 0
     assert result.round_trips > 8
     assert 0 < result.p50_us <= result.max_us
@@ -180,33 +209,38 @@ def test_run_load_refuses_a_host_that_is_not_loopback(host: str) -> None:
         run_load(host, 9, connections=1, size=1, duration=0.1)
 
 
-def test_run_load_counts_refused_connections() -> None:
+def test_run_load_counts_refused_connections(engine: str) -> None:
     # A bound socket that does not listen: connects to its port are refused, and no
     # other process can take the port meanwhile.
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
-        result = _tiny_load(placeholder.getsockname()[1], connections=3)
+        result = _tiny_load(placeholder.getsockname()[1], connections=3, engine=engine)
     assert result.error_kinds.get("connect:ECONNREFUSED") == 3
     assert result.round_trips == 0
     assert result.connect_ms is None
 
 
-def test_run_load_ends_by_itself_when_the_server_never_answers() -> None:
+def test_run_load_ends_by_itself_when_the_server_never_answers(engine: str) -> None:
     # The kernel completes the handshakes into the backlog, but nobody ever accepts.
     # real sleep: the generator's deadlines are wall-clock by design; this run lasts
     # warmup + connect_timeout + duration, about 0.6 s.
     with socket.create_server(("127.0.0.1", 0)) as silent:
         started = time.monotonic()
-        result = _tiny_load(silent.getsockname()[1], duration=0.2, connect_timeout=0.3)
+        result = _tiny_load(
+            silent.getsockname()[1], duration=0.2, connect_timeout=0.3, engine=engine
+        )
         elapsed = time.monotonic() - started
-    assert elapsed < 0.1 + 0.2 + 0.3 + 2.0  # the documented hard stop, not a speed
+    slack = _cengine._EXIT_SLACK if engine == "c" else 2.0
+    assert elapsed < 0.1 + 0.2 + 0.3 + slack  # the documented hard stop, not a speed
     assert result.error_kinds.get("no_first_echo") == 2
     assert result.round_trips == 0
     assert result.first_echo_ms is None
 
 
-def test_run_load_forks_workers_and_merges_them(subprocess_echo_port: int) -> None:
-    result = _tiny_load(subprocess_echo_port, connections=5, processes=2, pipeline=2)
+def test_run_load_runs_several_workers_and_merges_them(
+    subprocess_echo_port: int, engine: str
+) -> None:
+    result = _tiny_load(subprocess_echo_port, connections=5, processes=2, pipeline=2, engine=engine)
     assert result.errors == 0, dict(result.error_kinds)
     assert result.processes == 2
     assert result.connections == 5

@@ -12,7 +12,8 @@ Each connection keeps ``pipeline`` messages of ``size`` bytes in flight. The ech
 checked without buffering: the bytes a connection should receive next are always a slice
 of ``ring`` (the payload repeated ``pipeline + 1`` times) starting at the offset inside the
 current message, so one ``recv`` is checked by one bytes comparison, whatever the server's
-segmentation. A mismatch closes that connection and counts as an error.
+segmentation. A mismatch -- a wrong byte, or more bytes than are in flight -- closes that
+connection and counts as an error.
 
 A run has three phases, all on the `time.perf_counter` clock, each with a deadline:
 
@@ -127,7 +128,7 @@ class _Worker:
         # event is a measurable share of the generator's budget); rare events go to helpers.
         poll, conns, clock = self.epoll.poll, self.conns, time.perf_counter
         size, ring, payload = self.size, self.ring, self.payload
-        bufsize = len(ring) - size
+        bufsize = len(ring) - size  # the most bytes ever in flight
         append, rts, mask = self.samples.append, self.round_trips, self.mask
         now = clock()
         while now < until and self.live:
@@ -136,7 +137,9 @@ class _Worker:
                 if ev != _EPOLLIN and self._on_other_event(c, ev):
                     continue
                 try:
-                    data = c.recv(bufsize)
+                    # One byte more than can be in flight: a server that echoes extra
+                    # bytes shows it here, not as the echo of the next message.
+                    data = c.recv(bufsize + 1)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -156,7 +159,9 @@ class _Worker:
                     self._send(c, payload)
                     continue
                 off = start + len(data)
-                if not data or data != ring[start:off]:
+                # Never more than is in flight (pipeline messages, minus what a partial
+                # send still holds).
+                if not data or off > bufsize - len(c.out) or data != ring[start:off]:
                     self._fail(c, "mismatch" if data else "eof")
                     continue
                 if off < size:
