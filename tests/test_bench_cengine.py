@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from triosrv.bench import LoadEngineError, LoadResult, _cengine, run_load
+from triosrv.bench import LoadEngineError, _cengine, run_load
 from triosrv.bench._servers import machine_facts, machine_lines
 
 from .test_bench_load import ThreadedEchoServer
@@ -46,31 +46,6 @@ def echo_server() -> Iterator[ThreadedEchoServer]:
     server = ThreadedEchoServer()
     yield server
     server.stop()
-
-
-def _tiny_c_load(
-    port: int,
-    *,
-    host: str = "127.0.0.1",
-    connections: int = 2,
-    size: int = 64,
-    duration: float = 0.3,
-    pipeline: int = 1,
-    processes: int = 1,
-    connect_timeout: float = 5.0,
-) -> LoadResult:
-    return run_load(
-        host,
-        port,
-        connections=connections,
-        size=size,
-        duration=duration,
-        warmup=0.1,
-        pipeline=pipeline,
-        processes=processes,
-        connect_timeout=connect_timeout,
-        engine="c",
-    )
 
 
 def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,20 +73,6 @@ def test_cload_source_compiles_without_warnings(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-
-
-@needs_cc
-def test_cengine_drives_an_ipv6_loopback_server() -> None:
-    try:
-        server = ThreadedEchoServer(host="::1")
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback here: {exc}")
-    try:
-        result = _tiny_c_load(server.port, host="::1")
-    finally:
-        server.stop()
-    assert result.errors == 0, dict(result.error_kinds)
-    assert result.round_trips > 0
 
 
 @needs_cc

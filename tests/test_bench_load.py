@@ -123,6 +123,7 @@ def subprocess_echo_port() -> Iterator[int]:
 def _tiny_load(
     port: int,
     *,
+    host: str = "127.0.0.1",
     connections: int = 2,
     size: int = 64,
     duration: float = 0.3,
@@ -132,7 +133,7 @@ def _tiny_load(
     engine: str = "python",
 ) -> LoadResult:
     return run_load(
-        "127.0.0.1",
+        host,
         port,
         connections=connections,
         size=size,
@@ -160,6 +161,19 @@ def test_run_load_counts_round_trips_without_errors(
     assert result.connect_ms <= result.first_echo_ms
     assert result.cpu_seconds >= 0
     json.dumps(result.to_dict())
+
+
+def test_run_load_drives_an_ipv6_loopback_server(engine: str) -> None:
+    try:
+        server = ThreadedEchoServer(host="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        result = _tiny_load(server.port, host="::1", engine=engine)
+    finally:
+        server.stop()
+    assert result.errors == 0, dict(result.error_kinds)
+    assert result.round_trips > 0
 
 
 def test_run_load_counts_extra_echoed_bytes_as_mismatch(engine: str) -> None:
