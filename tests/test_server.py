@@ -24,7 +24,7 @@ from .conftest import open_fds, triosrv_tasks
 from .helpers import (
     check_one_failure_is_isolated,
     connect,
-    echo_exchange,
+    echo_all_at_once,
     random_payload,
     running_server,
     tcp_port,
@@ -55,21 +55,10 @@ async def test_serve_reports_the_real_port_and_leaves_nothing_behind() -> None:
 async def test_echo_200_concurrent_clients_get_exactly_their_bytes(half_close: bool) -> None:
     rng = random.Random(200 + half_close)
     payloads = [random_payload(rng, 1024 * 1024) for _ in range(200)]
-    results: dict[int, bytes] = {}
     async with running_server("echo") as server:
-
-        async def client(i: int) -> None:
-            results[i] = await echo_exchange(server, payloads[i], half_close=half_close)
-
-        async with trio.open_nursery() as nursery:
-            for i in range(len(payloads)):
-                nursery.start_soon(client, i)
-        stats = server.statistics()
-    assert all(results[i] == payloads[i] for i in range(len(payloads)))
+        stats = await echo_all_at_once(server, payloads, half_close=half_close)
     assert stats.accepted == 200
     assert stats.peak_active >= 2
-    assert stats.bytes_received == sum(map(len, payloads))
-    assert stats.bytes_sent == stats.bytes_received
 
 
 async def test_handler_error_is_isolated_logged_and_counted(
