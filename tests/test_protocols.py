@@ -350,6 +350,15 @@ def test_echo_answer_declines_when_bytes_wait_or_the_chunk_is_too_long() -> None
     assert drain(echo, 64) == b"queued"
     echo.receive_data(b"")
     assert echo.answer(b"late", 64) is None  # after EOF: receive_data must raise
+    # EOF while bytes wait: taking them does not reopen the fast path, whether they
+    # waited as one chunk or (longer than max_bytes) in the buffer.
+    for queued in (b"tail", b"x" * 100):
+        echo = Echo()
+        echo.receive_data(queued)
+        echo.receive_data(b"")
+        assert drain(echo, 64) == queued
+        assert echo.close_after_flush
+        assert echo.answer(b"late", 64) is None
 
 
 def test_discard_answer_counts_and_sends_nothing() -> None:

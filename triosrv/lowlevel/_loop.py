@@ -44,7 +44,7 @@ from typing import Protocol as TypingProtocol
 
 import trio
 
-from ..protocols import Protocol, answer_method
+from ..protocols import Answer, Protocol, answer_method
 from ._fd import close_fd
 from ._multiplexers import READABLE, WRITABLE, Multiplexer, Ready
 from ._record import RECEIVING, SENDING, ConnectionRecord
@@ -102,6 +102,7 @@ class LoopConnection(ConnectionRecord):
         "_loop",
         "answer",
         "data_to_send",
+        "fast",
         "fd",
         "pending",
         "protocol",
@@ -118,6 +119,8 @@ class LoopConnection(ConnectionRecord):
         self.sock = sock
         self.fd = sock.fileno()
         self.reading = True
+        # The hot path's one test: ``answer`` while reading, else None.
+        self.fast: Answer | None = None
         self.pending: bytes | memoryview = b""
 
     def attach(self, protocol: Protocol) -> None:
@@ -126,6 +129,7 @@ class LoopConnection(ConnectionRecord):
         self.receive_data = protocol.receive_data
         self.data_to_send = protocol.data_to_send
         self.answer = answer_method(protocol)
+        self.fast = self.answer if self.reading else None
 
     def _stop(self) -> None:
         loop = self._loop
@@ -218,20 +222,25 @@ class EventLoop:
         # The hot path is written out inside the loop: a round trip of a protocol with
         # the answer fast path costs no Python call beyond the two syscalls and
         # answer() (one more call per event measured ~5% of the epoll backend's echo
-        # rate). Anything unusual (no answer, a partial send, a close) goes to _pump.
-        get = self.conns.get
-        listeners = self.listeners
+        # rate). Anything unusual (no answer, EOF, a partial send, a close) goes to
+        # _pump.
+        conns = self.conns
         recv_size = self.recv_size
         pump = self._pump
         read, write = os.read, os.write
         for fd, _events in ready:
-            conn = get(fd)
-            if conn is None:
-                if fd in listeners and self._watching:
-                    self._accept(listeners[fd], now)
-                continue  # a connection closed earlier in this pass
-            if not conn.reading:
-                pump(conn, now)
+            try:
+                conn = conns[fd]
+            except KeyError:
+                if fd in self.listeners and self._watching:
+                    self._accept(self.listeners[fd], now)
+                continue  # or a connection closed earlier in this pass
+            answer = conn.fast  # None unless reading with a fast path
+            if answer is None:
+                if conn.reading:
+                    self._receive(conn, now)
+                else:
+                    pump(conn, now)
                 continue
             try:
                 data = read(fd, recv_size)
@@ -240,18 +249,17 @@ class EventLoop:
             except OSError as exc:
                 self._broken(conn, exc)
                 continue
+            if not data:
+                self._received(conn, data, now)  # EOF takes the general turn
+                continue
             conn.bytes_received += len(data)
-            answer = conn.answer
             try:
-                out = None if answer is None or not data else answer(data, SEND_SIZE)
-                if out is None:
-                    conn.receive_data(data)
+                out = answer(data, SEND_SIZE)
             except Exception as exc:
                 self._failed(conn, exc)
                 continue
             if out is None:
-                conn.pending = b""
-                pump(conn, now)  # the general turn: the driver loop takes it from here
+                self._received(conn, data, now)
                 continue
             if out:
                 try:
@@ -267,6 +275,28 @@ class EventLoop:
                     self._want_to_send(conn, now, progressed=sent > 0)
                     continue
             conn._waiting_since = now  # a new wait for the peer starts now
+
+    def _receive(self, conn: LoopConnection, now: float) -> None:
+        # A connection waiting for bytes, without the fast path.
+        try:
+            data = os.read(conn.fd, self.recv_size)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._broken(conn, exc)
+            return
+        conn.bytes_received += len(data)
+        self._received(conn, data, now)
+
+    def _received(self, conn: LoopConnection, data: bytes, now: float) -> None:
+        # The general turn: the protocol takes the bytes, the driver loop the rest.
+        try:
+            conn.receive_data(data)
+        except Exception as exc:
+            self._failed(conn, exc)
+            return
+        conn.pending = b""
+        self._pump(conn, now)
 
     def _pump(self, conn: LoopConnection, now: float) -> None:
         # The protocol driver loop, until the connection must wait or has had its turn.
@@ -300,6 +330,7 @@ class EventLoop:
                         return
                     if not conn.reading:
                         conn.reading = True
+                        conn.fast = conn.answer
                         conn._waiting = RECEIVING
                         self.mux.modify(conn.fd, READABLE)
                     conn._waiting_since = now
@@ -313,6 +344,7 @@ class EventLoop:
         # byte does not (the nonblocking loop attempts on every pass).
         if conn.reading:
             conn.reading = False
+            conn.fast = None
             conn._waiting = SENDING
             conn._waiting_since = now
             self.mux.modify(conn.fd, WRITABLE)

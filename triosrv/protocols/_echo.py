@@ -23,13 +23,15 @@ class Echo(Protocol):
     """
 
     # Invariant: at most one of _chunk and _buffer is non-empty; when both are empty
-    # nothing is pending. _chunk is the copy-free fast path.
-    __slots__ = ("_buffer", "_chunk", "_eof")
+    # nothing is pending. _chunk is the copy-free fast path. _idle is "nothing
+    # pending and no EOF", kept up to date so that answer() tests one flag.
+    __slots__ = ("_buffer", "_chunk", "_eof", "_idle")
 
     def __init__(self) -> None:
         self._chunk = b""
         self._buffer = bytearray()
         self._eof = False
+        self._idle = True
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer *data* to be echoed; ``b""`` means the peer sent EOF.
@@ -43,6 +45,7 @@ class Echo(Protocol):
             raise data_after_eof(self)
         if type(data) is not bytes:
             data = bytes(data)
+        self._idle = False
         if not data:
             self._eof = True
         elif self._buffer:
@@ -69,6 +72,7 @@ class Echo(Protocol):
         if chunk:
             self._chunk = b""
             if len(chunk) <= max_bytes:
+                self._idle = not self._eof
                 return chunk
             # Too long for one call: slicing bytes would copy the tail on every call
             # (quadratic); a bytearray deletes its head in amortised constant time.
@@ -79,6 +83,7 @@ class Echo(Protocol):
         if len(buffer) <= max_bytes:
             out = bytes(buffer)
             buffer.clear()
+            self._idle = not self._eof
         else:
             out = bytes(buffer[:max_bytes])
             del buffer[:max_bytes]
@@ -90,9 +95,9 @@ class Echo(Protocol):
 
         Returns ``None`` after EOF too, so that the driver's ``receive_data`` raises.
         """
-        if self._chunk or self._buffer or self._eof or len(data) > max_bytes:
-            return None
-        return data if type(data) is bytes else bytes(data)
+        if self._idle and len(data) <= max_bytes:
+            return data if type(data) is bytes else bytes(data)
+        return None
 
     @property
     def close_after_flush(self) -> bool:
