@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import resource
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -134,6 +135,110 @@ async def test_backend_chargen_stream_is_the_rfc864_pattern(backend: str) -> Non
             while len(received) < len(expected):
                 received += await stream.receive_some()
     assert bytes(received[: len(expected)]) == expected
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["answer", "receive_data"])
+async def test_backend_serves_what_one_receive_left_behind(backend: str, fast_path: bool) -> None:
+    # 16-byte receives for a 4 KiB message that arrives at once: after each receive
+    # more is waiting, which an edge-triggered epoll does not report again. Echo has
+    # the ``answer`` fast path; Boom (below) is an echo without it.
+    payload = random.Random(16).randbytes(4096)
+    async with (
+        running_server(
+            "echo" if fast_path else triosrv.protocol_handler(Boom),
+            backend=backend,
+            limits=Limits(recv_size=16),
+        ) as server,
+        await connect(server) as stream,
+    ):
+        await stream.send_all(payload)
+        received = bytearray()
+        with trio.fail_after(5):
+            while len(received) < len(payload):
+                received += await stream.receive_some()
+    assert received == payload
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["answer", "receive_data"])
+async def test_backend_sees_the_eof_that_came_with_the_bytes(backend: str, fast_path: bool) -> None:
+    # Bytes and FIN both wait before the server reads: its read returns the bytes and
+    # leaves the EOF behind, which an edge-triggered epoll does not report again.
+    handler = "echo" if fast_path else triosrv.protocol_handler(Boom)
+    async with running_server(handler, backend=backend) as server:
+        sock = socket.create_connection(("127.0.0.1", tcp_port(server)))
+        sock.sendall(b"bytes, then EOF")  # plain calls: the server has not run yet
+        sock.shutdown(socket.SHUT_WR)
+        async with trio.SocketStream(trio.socket.from_stdlib_socket(sock)) as stream:
+            received = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some():
+                    received += chunk
+        assert received == b"bytes, then EOF"
+        with trio.fail_after(3):
+            while server.statistics().active:
+                await trio.sleep(0.01)
+
+
+LINES = 1000
+
+
+class Lines(Protocol):
+    """Speaks first: LINES short lines, one per data_to_send() call, then closes."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def receive_data(self, data: bytes) -> None:
+        pass
+
+    def data_to_send(self, max_bytes: int) -> bytes:
+        if self._next == LINES:
+            return b""
+        self._next += 1
+        return b"%d\n" % (self._next - 1)
+
+    @property
+    def close_after_flush(self) -> bool:
+        return self._next == LINES
+
+
+async def test_backend_protocol_speaking_in_short_chunks_is_heard_to_the_end(
+    backend: str,
+) -> None:
+    # The loops send a few chunks per connection per pass; here the socket always has
+    # room, so an edge-triggered epoll never reports it again: the loop must come back.
+    async with (
+        running_server(triosrv.protocol_handler(Lines), backend=backend) as server,
+        await connect(server) as stream,
+    ):
+        received = bytearray()
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                received += chunk
+    assert received == b"".join(b"%d\n" % n for n in range(LINES))
+
+
+@pytest.mark.parametrize("name", LOOPS)
+async def test_backend_loop_accepts_a_whole_backlog_in_small_batches(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten clients queue up before the loop runs; it takes two per accept batch. An
+    # edge-triggered epoll reports the listener once for all ten.
+    monkeypatch.setattr("triosrv.lowlevel._loop.ACCEPT_BATCH", 2)
+    async with running_server("echo", backend=name) as server:
+        port = tcp_port(server)
+        # Plain blocking connects: the kernel completes them; the loop has not run.
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+        try:
+            streams = [trio.SocketStream(trio.socket.from_stdlib_socket(s)) for s in socks]
+            with trio.fail_after(5):
+                for n, stream in enumerate(streams):
+                    await stream.send_all(b"%d" % n)
+                    assert await stream.receive_some() == b"%d" % n
+            assert server.statistics().accepted == 10
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 # -- drain, errors, cancellation ------------------------------------------------------

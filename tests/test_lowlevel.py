@@ -14,6 +14,7 @@ import trio.testing
 from triosrv import lowlevel
 from triosrv.lowlevel import (
     FD_SETSIZE,
+    PEER_CLOSED,
     READABLE,
     WRITABLE,
     EpollMultiplexer,
@@ -233,6 +234,38 @@ async def test_epoll_waits_on_its_own_fd_through_trio() -> None:
             b.send(b"x")
     finally:
         mux.close()
+        a.close()
+        b.close()
+
+
+async def test_epoll_edge_triggered_reports_each_change_once() -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    level, edge = EpollMultiplexer(), EpollMultiplexer(edge_triggered=True)
+    assert (level.edge_triggered, edge.edge_triggered) == (False, True)
+    try:
+        for mux in (level, edge):
+            mux.register(a.fileno(), READABLE)
+        b.send(b"xy")
+        for mux in (level, edge):
+            assert await mux.wait() == [(a.fileno(), READABLE)]
+        a.recv(1)  # one byte is left, and nothing new came
+        assert level.poll_now() == [(a.fileno(), READABLE)]  # still ready: again
+        assert edge.poll_now() == []  # no new edge: not again
+        b.send(b"z")
+        assert edge.poll_now() == [(a.fileno(), READABLE)]  # a new edge
+        assert edge.poll_now() == []
+        edge.modify(a.fileno(), READABLE)  # re-arms: ready now, so reported
+        assert edge.poll_now() == [(a.fileno(), READABLE)]
+        b.shutdown(socket.SHUT_WR)  # a new edge, saying that an EOF waits
+        [(fd, events)] = edge.poll_now()
+        assert fd == a.fileno()
+        assert events & READABLE and events & PEER_CLOSED
+        for mux in (level, edge):
+            mux.unregister(a.fileno())
+    finally:
+        level.close()
+        edge.close()
         a.close()
         b.close()
 

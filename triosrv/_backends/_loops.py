@@ -133,7 +133,7 @@ class EpollBackend(LoopBackend):
     name = "epoll"
 
     def _make_multiplexer(self) -> Multiplexer:
-        return EpollMultiplexer()
+        return EpollMultiplexer(edge_triggered=True)
 
 
 class PollBackend(LoopBackend):

@@ -20,6 +20,7 @@ from ._loop import EventLoop, LoopConnection, LoopHost
 from ._multiplexers import (
     ERRORS,
     FD_SETSIZE,
+    PEER_CLOSED,
     READABLE,
     WRITABLE,
     EpollMultiplexer,
@@ -33,6 +34,7 @@ from ._threads import run_sync_interruptible
 __all__ = [
     "ERRORS",
     "FD_SETSIZE",
+    "PEER_CLOSED",
     "READABLE",
     "WRITABLE",
     "ConnectionRecord",

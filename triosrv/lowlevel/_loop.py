@@ -46,7 +46,7 @@ import trio
 
 from ..protocols import Answer, Protocol, answer_method
 from ._fd import close_fd
-from ._multiplexers import READABLE, WRITABLE, Multiplexer, Ready
+from ._multiplexers import PEER_CLOSED, READABLE, WRITABLE, Multiplexer, Ready
 from ._record import RECEIVING, SENDING, ConnectionRecord
 
 # The most bytes one send hands the kernel (as the trio backend's protocol driver).
@@ -169,6 +169,10 @@ class EventLoop:
         self._stopping = False
         self._watching = False
         self._paused_until: float | None = None
+        # Edge-triggered multiplexer: fds to handle in the next pass although the
+        # kernel will not report them (see the class docstring).
+        self._edge = mux.edge_triggered
+        self._again: Ready = []
 
     # -- control, from other trio tasks ------------------------------------------
 
@@ -196,7 +200,9 @@ class EventLoop:
 
     async def _serve(self) -> None:
         # One wait (the checkpoint), then up to PASSES_PER_CHECKPOINT passes over what
-        # is ready, each pass fetching the next batch with a non-blocking poll_now().
+        # is ready, each later pass fetching its batch with a non-blocking poll_now().
+        # Nothing fetched is ever dropped: an edge-triggered multiplexer would not
+        # report it again.
         wait = self.mux.wait
         poll_now = self.mux.poll_now
         current_time = trio.current_time
@@ -205,18 +211,28 @@ class EventLoop:
         while True:
             if self._attention:  # e.g. an accept pause begun in the last pass
                 timeout = self._tend(current_time())
-            ready: Ready = await wait(timeout)
+            ready: Ready = await wait(0 if self._again else timeout)
             started = current_time()
-            for _ in range(PASSES_PER_CHECKPOINT):
+            passes = PASSES_PER_CHECKPOINT
+            while True:
+                if self._again:
+                    ready = self._take_again(ready)
+                if not ready:
+                    break
                 now = current_time()
                 if self._attention:
                     timeout = self._tend(now)
                 handle(ready, now)
-                if now - started > PASSES_TIME:
+                passes -= 1
+                if not passes or now - started > PASSES_TIME:
                     break
                 ready = poll_now()
-                if not ready:
-                    break
+
+    def _take_again(self, ready: Ready) -> Ready:
+        # Add the fds the last pass left ready to the kernel's list. One may come
+        # twice (it had a new edge too); the second turn finds nothing to do.
+        again, self._again = self._again, []
+        return ready + again
 
     def _handle(self, ready: Ready, now: float) -> None:
         # The hot path is written out inside the loop: a round trip of a protocol with
@@ -226,9 +242,10 @@ class EventLoop:
         # _pump.
         conns = self.conns
         recv_size = self.recv_size
+        edge = self._edge
         pump = self._pump
         read, write = os.read, os.write
-        for fd, _events in ready:
+        for fd, events in ready:
             try:
                 conn = conns[fd]
             except KeyError:
@@ -238,7 +255,7 @@ class EventLoop:
             answer = conn.fast  # None unless reading with a fast path
             if answer is None:
                 if conn.reading:
-                    self._receive(conn, now)
+                    self._receive(conn, events, now)
                 else:
                     pump(conn, now)
                 continue
@@ -252,7 +269,11 @@ class EventLoop:
             if not data:
                 self._received(conn, data, now)  # EOF takes the general turn
                 continue
-            conn.bytes_received += len(data)
+            size = len(data)
+            conn.bytes_received += size
+            if (size == recv_size or events & PEER_CLOSED) and edge:
+                # More bytes, or the EOF, may wait behind these: no new edge will say.
+                self._again.append((fd, events))
             try:
                 out = answer(data, SEND_SIZE)
             except Exception as exc:
@@ -276,7 +297,7 @@ class EventLoop:
                     continue
             conn._waiting_since = now  # a new wait for the peer starts now
 
-    def _receive(self, conn: LoopConnection, now: float) -> None:
+    def _receive(self, conn: LoopConnection, events: int, now: float) -> None:
         # A connection waiting for bytes, without the fast path.
         try:
             data = os.read(conn.fd, self.recv_size)
@@ -286,6 +307,8 @@ class EventLoop:
             self._broken(conn, exc)
             return
         conn.bytes_received += len(data)
+        if (len(data) == self.recv_size or events & PEER_CLOSED) and data and self._edge:
+            self._again.append((conn.fd, events))  # as in _handle
         self._received(conn, data, now)
 
     def _received(self, conn: LoopConnection, data: bytes, now: float) -> None:
@@ -320,6 +343,9 @@ class EventLoop:
                     budget -= 1
                     if not budget:
                         conn.pending = b""
+                        if self._edge and not conn.reading:
+                            # Room is left, so no edge will come: look again.
+                            self._again.append((conn.fd, WRITABLE))
                         self._want_to_send(conn, now, progressed=True)
                         return
                 pending = conn.data_to_send(SEND_SIZE)
@@ -376,6 +402,9 @@ class EventLoop:
             names = host.admit(sock, addr)
             if names is not None:
                 self._open(sock, names, now)
+        else:
+            if self._edge:  # a full batch: more may wait, and no new edge says so
+                self._again.append((listener.fileno(), READABLE))
 
     def _open(self, sock: socket.socket, names: tuple[str, str], now: float) -> None:
         conn = LoopConnection(self, sock, peer=names[0], local=names[1], now=now)

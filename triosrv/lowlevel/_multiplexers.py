@@ -52,6 +52,7 @@ from ._threads import run_sync_interruptible
 __all__ = [
     "ERRORS",
     "FD_SETSIZE",
+    "PEER_CLOSED",
     "READABLE",
     "WRITABLE",
     "EpollMultiplexer",
@@ -66,6 +67,9 @@ WRITABLE = select.POLLOUT
 """Wait for room in the send buffer."""
 ERRORS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 """Bits a wait may report for any watched fd: an error, a hang-up, a closed fd."""
+PEER_CLOSED = select.POLLRDHUP | select.POLLHUP
+"""Bits that come with READABLE once the peer has shut down its side: an EOF waits
+behind whatever bytes are left. An edge-triggered epoll asks for them (EPOLLRDHUP)."""
 FD_SETSIZE = 1024
 """select()'s limit: it cannot watch an fd numbered FD_SETSIZE or more."""
 
@@ -84,6 +88,11 @@ class Multiplexer(abc.ABC):
     name: ClassVar[str]
     #: fds numbered this or higher cannot be watched (None: no limit but RLIMIT_NOFILE).
     fd_limit: ClassVar[int | None] = None
+    #: False: an fd is reported by every wait while it is ready (level-triggered). True:
+    #: once each time it *becomes* ready (new bytes, new room, a new connection), and
+    #: again after :meth:`modify`, if ready then. The owner must then go on until the
+    #: syscall would block, or come back to the fd by itself. Only epoll can be.
+    edge_triggered = False
 
     def __init__(self, *, wake_fd: bool = True) -> None:
         self.calls = 0
@@ -183,12 +192,20 @@ class Multiplexer(abc.ABC):
 
 
 class EpollMultiplexer(Multiplexer):
-    """``epoll``: the kernel keeps the set; trio waits for the epoll fd itself."""
+    """``epoll``: the kernel keeps the set; trio waits for the epoll fd itself.
+
+    ``edge_triggered=True`` registers every fd with ``EPOLLET`` (see
+    :attr:`Multiplexer.edge_triggered`), and asks for ``EPOLLRDHUP`` with READABLE:
+    a read that returns the last bytes before the peer's EOF leaves the EOF behind
+    with no new edge to come, and :data:`PEER_CLOSED` in the reported events says
+    so. The private wake-up fd stays level-triggered.
+    """
 
     name = "epoll_wait"
 
-    def __init__(self) -> None:
+    def __init__(self, *, edge_triggered: bool = False) -> None:
         super().__init__()
+        self.edge_triggered = edge_triggered
         self._epoll = select.epoll()
         self._epoll_fd = self._epoll.fileno()
         self._epoll.register(self._wake_fd, select.EPOLLIN)
@@ -196,10 +213,19 @@ class EpollMultiplexer(Multiplexer):
         self.last_watched = 1
 
     def _register(self, fd: int, events: int) -> None:
-        self._epoll.register(fd, events)
+        self._epoll.register(fd, self._kernel_events(events))
 
     def _modify(self, fd: int, events: int) -> None:
-        self._epoll.modify(fd, events)
+        # With EPOLLET this also re-arms: an fd already ready for the new events is
+        # reported by the next wait.
+        self._epoll.modify(fd, self._kernel_events(events))
+
+    def _kernel_events(self, events: int) -> int:
+        if not self.edge_triggered:
+            return events
+        if events & READABLE:
+            events |= select.EPOLLRDHUP
+        return events | select.EPOLLET
 
     def _unregister(self, fd: int) -> None:
         self._epoll.unregister(fd)
@@ -209,7 +235,7 @@ class EpollMultiplexer(Multiplexer):
         ready a trio wait for the epoll fd and ``epoll_wait(fd, 0)`` again."""
         self.calls += 1
         ready = self._poll(0)
-        if ready:
+        if ready or timeout == 0:
             # Busy: skip the trio wait (an epoll_ctl to re-arm our fd in trio's set
             # plus a wake-up); a plain checkpoint keeps us cancellable and fair.
             await trio.lowlevel.checkpoint()
