@@ -57,11 +57,13 @@ SEND_BUDGET = 4
 # Connections one listener accepts per pass (see ACCEPT_BATCH in the trio backend).
 ACCEPT_BATCH = 256
 # Batches of ready fds handled between two trio checkpoints. A checkpoint (a pass
-# of trio's scheduler) costs about as much as handling a few echoes; under load the
-# next batch is usually ready at once. Bounded in number and in time (a batch of
-# bulk sends takes milliseconds), so that cancellation, the drain's deadline and the
-# server's other tasks are never kept waiting long.
-PASSES_PER_CHECKPOINT = 4
+# of trio's scheduler, ~5 us plus an epoll_wait of trio's own) costs about as much as
+# handling a few echoes; under load the next batch is usually ready at once. Bounded
+# in number and, first, in time (a batch of bulk sends takes milliseconds), so that
+# cancellation, the drain's deadline and the server's other tasks never wait more
+# than a few milliseconds. 16 rather than 4: 0.1 us less CPU per echo round trip at
+# 50 connections (two sets of 6 and 8 alternating runs).
+PASSES_PER_CHECKPOINT = 16
 PASSES_TIME = 0.002
 
 
@@ -205,7 +207,7 @@ class EventLoop:
         # report it again.
         wait = self.mux.wait
         poll_now = self.mux.poll_now
-        current_time = trio.current_time
+        current_time = trio.lowlevel.current_clock().current_time  # trio.current_time
         handle = self._handle
         timeout: float | None = None
         while True:
