@@ -79,6 +79,7 @@ def peer_commands() -> tuple[dict[str, list[str]], dict[str, str]]:
         commands["uvloop Protocol"] = [PY, str(PEERS / "asyncio_protocol.py"), "--uvloop"]
     else:
         notes["uvloop Protocol"] = "uvloop is not installed (pip install -e '.[peers]')"
+    commands["bare epoll loop"] = [PY, str(PEERS / "bare_epoll.py")]
     commands["triosrv default"] = triosrv_listen_cmd()
     if listen_has_backend():
         commands["triosrv epoll"] = triosrv_listen_cmd("--backend", "epoll")
