@@ -242,7 +242,7 @@ def print_report(doc: dict[str, Any]) -> None:
         print()
     for target in doc["targets"]:
         verdict = "met" if target["met"] else "NOT met"
-        value = fmt(target["ratio"], ".2f", "x")
+        value = fmt(target["ratio"], ".3f", "x")  # 3 places: 0.996x is not met
         print(f"target {target['target']}: {value} (median per-round ratio), {verdict}")
 
 
