@@ -4,8 +4,11 @@ Theory of operation
 -------------------
 
 One trio task owns the listening sockets, every connection and the multiplexer. Each
-pass of the loop is one :meth:`Multiplexer.wait` -- the only trio checkpoint of the
-pass -- and then every ready fd is handled to completion without yielding: a listener
+turn of the loop is one :meth:`Multiplexer.wait` -- its only trio checkpoint -- and then
+up to ``PASSES_PER_CHECKPOINT`` passes (for at most ``PASSES_TIME``), each over one
+batch of ready fds, the later ones fetched with the non-blocking
+:meth:`Multiplexer.poll_now`. In a pass every ready fd is handled to completion
+without yielding: a listener
 accepts a batch; a connection that waits for bytes does one ``read``, feeds the protocol
 and runs the protocol's driver loop (see :mod:`triosrv.protocols`): send what it has,
 stop when the socket is full (then wait for WRITABLE) or when the protocol has nothing
@@ -14,12 +17,22 @@ to send (then wait for READABLE again), close when it asks to.
 The hot path is the round trip of a protocol with the ``answer`` fast path (see
 :mod:`triosrv.protocols._base`; echo and discard have it): ``os.read``, one protocol
 call, ``os.write``, back to waiting. Everything it needs is a slot of the
-:class:`LoopConnection` bound once at accept, the syscalls go through ``os`` on the fd
-(the ``socket`` methods parse their arguments and check timeouts on every call:
-measured ~1,400 more CPU instructions per round trip), so it allocates nothing but the
-received bytes, and its bookkeeping is an int add per counter and one float store when
-a wait starts (for the server's deadline keeper). A chunk the protocol does not
-``answer`` goes the general way: ``receive_data`` and the driver loop.
+:class:`LoopConnection` bound at accept (``fast``: the protocol's ``answer`` while the
+connection waits for bytes, else None -- the one test of the hot path), the syscalls go
+through ``os`` on the fd (the ``socket`` methods parse their arguments and check
+timeouts on every call: measured ~1,400 more CPU instructions per round trip), so it
+allocates nothing but the received bytes, and its bookkeeping is an int add per counter
+and one float store when a wait starts (for the server's deadline keeper). A chunk the
+protocol does not ``answer`` goes the general way: ``receive_data`` and the driver loop.
+
+Over an edge-triggered multiplexer (the epoll backend's) an fd is reported when it
+becomes ready, not while it stays ready, so the loop keeps its own list, ``_again``, of
+the fds it leaves ready with no new edge to come, and handles them in the next pass as
+if they had been reported: a receive that filled ``recv_size`` (more may wait), one
+that came with :data:`PEER_CLOSED` (the EOF waits behind the bytes), a send budget
+spent while the socket still had room, a full accept batch. Switching a connection
+between READABLE and WRITABLE re-arms the fd (``modify``), and the loop never drops a
+batch it has fetched. Over a level-triggered multiplexer ``_again`` stays empty.
 
 Everything else comes in through one flag, ``_attention``, checked once per pass: the
 deadline keeper (a trio task of the server) expiring connections, a request to stop
