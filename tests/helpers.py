@@ -78,6 +78,22 @@ async def echo_exchange(
     return bytes(received)
 
 
+async def receive_until_eof(stream: trio.abc.ReceiveStream, *, timeout: float = 5) -> bytes:
+    """Everything the peer sends until it closes; fails after ``timeout`` seconds."""
+    received = bytearray()
+    with trio.fail_after(timeout):
+        while chunk := await stream.receive_some():
+            received += chunk
+    return bytes(received)
+
+
+async def wait_until_no_connection(server: triosrv.Server, *, timeout: float = 3) -> None:
+    """Wait (real time) until the server is done with every connection it accepted."""
+    with trio.fail_after(timeout):
+        while server.statistics().active:
+            await trio.sleep(0.01)
+
+
 def random_payload(rng: random.Random, max_size: int) -> bytes:
     return rng.randbytes(rng.randint(1, max_size))
 

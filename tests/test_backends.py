@@ -42,8 +42,10 @@ from .helpers import (
     connect,
     echo_all_at_once,
     random_payload,
+    receive_until_eof,
     running_server,
     tcp_port,
+    wait_until_no_connection,
 )
 from .test_cli import run_cli
 
@@ -113,14 +115,9 @@ async def test_backend_half_close_echoes_everything_then_closes(backend: str) ->
             await stream.send_all(b"first ")
             await stream.send_all(b"second")
             await stream.send_eof()
-            received = b""
-            with trio.fail_after(3):
-                while chunk := await stream.receive_some():
-                    received += chunk
+            received = await receive_until_eof(stream, timeout=3)
         assert received == b"first second"
-        with trio.fail_after(3):
-            while server.statistics().active:
-                await trio.sleep(0.01)
+        await wait_until_no_connection(server)
         assert server.statistics().completed == 1
 
 
@@ -169,14 +166,9 @@ async def test_backend_sees_the_eof_that_came_with_the_bytes(backend: str, fast_
         sock.sendall(b"bytes, then EOF")  # plain calls: the server has not run yet
         sock.shutdown(socket.SHUT_WR)
         async with trio.SocketStream(trio.socket.from_stdlib_socket(sock)) as stream:
-            received = b""
-            with trio.fail_after(5):
-                while chunk := await stream.receive_some():
-                    received += chunk
+            received = await receive_until_eof(stream)
         assert received == b"bytes, then EOF"
-        with trio.fail_after(3):
-            while server.statistics().active:
-                await trio.sleep(0.01)
+        await wait_until_no_connection(server)
 
 
 LINES = 1000
@@ -211,10 +203,7 @@ async def test_backend_protocol_speaking_in_short_chunks_is_heard_to_the_end(
         running_server(triosrv.protocol_handler(Lines), backend=backend) as server,
         await connect(server) as stream,
     ):
-        received = bytearray()
-        with trio.fail_after(5):
-            while chunk := await stream.receive_some():
-                received += chunk
+        received = await receive_until_eof(stream)
     assert received == b"".join(b"%d\n" % n for n in range(LINES))
 
 

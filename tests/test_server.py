@@ -26,6 +26,7 @@ from .helpers import (
     connect,
     echo_all_at_once,
     random_payload,
+    receive_until_eof,
     running_server,
     tcp_port,
 )
@@ -262,9 +263,7 @@ async def test_daytime_sends_one_line_then_closes(backend: str) -> None:
         running_server("daytime", backend=backend) as server,
         await connect(server) as stream,
     ):
-        data = b""
-        while chunk := await stream.receive_some():
-            data += chunk
+        data = await receive_until_eof(stream)
     assert data.endswith(b"\r\n") and data.count(b"\n") == 1
 
 
