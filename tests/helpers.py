@@ -91,7 +91,7 @@ async def wait_until_no_connection(server: triosrv.Server, *, timeout: float = 3
     """Wait (real time) until the server is done with every connection it accepted."""
     with trio.fail_after(timeout):
         while server.statistics().active:
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # real sleep: polls a server over real sockets
 
 
 def random_payload(rng: random.Random, max_size: int) -> bytes:

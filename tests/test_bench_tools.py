@@ -251,18 +251,19 @@ def test_bench_peers_measures_every_peer_and_ratios() -> None:
 
 
 def test_bare_epoll_peer_echoes_exactly_through_partial_sends() -> None:
-    # 16 MiB sent before anything is read back, more than the kernel's buffers hold
-    # (the server's send buffer grows to 4 MiB): the loop must keep unsent tails.
+    # 16 MiB, more than the kernel's buffers hold (the server's send buffer grows to
+    # 4 MiB), read back through a 64 KiB receive buffer while still being sent: the
+    # server's sends outrun the reader, and the loop must keep unsent tails (with the
+    # tail dropped this test fails, checked 5 times out of 5).
     payload = random.Random(4).randbytes(16 * 1024 * 1024)
     command = [sys.executable, str(REPO / "scripts" / "peers" / "bare_epoll.py")]
     with running_server("bare", command, None) as server:
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # fills soon
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
             sock.settimeout(10)
             sock.connect(("127.0.0.1", server.port))
             sender = threading.Thread(target=sock.sendall, args=(payload,))
             sender.start()
-            time.sleep(0.3)  # read nothing yet: the server's sends fill up and stop
             received = bytearray()
             while len(received) < len(payload):
                 received += sock.recv(65536)
