@@ -78,6 +78,19 @@ async def echo_exchange(
     return bytes(received)
 
 
+async def receive_exactly(
+    stream: trio.abc.ReceiveStream, size: int, *, timeout: float = 5
+) -> bytes:
+    """The next ``size`` bytes from the peer; fails at EOF or after ``timeout`` seconds."""
+    received = bytearray()
+    with trio.fail_after(timeout):
+        while len(received) < size:
+            chunk = await stream.receive_some(size - len(received))
+            assert chunk, f"EOF after {len(received)} of {size} bytes"
+            received += chunk
+    return bytes(received)
+
+
 async def receive_until_eof(stream: trio.abc.ReceiveStream, *, timeout: float = 5) -> bytes:
     """Everything the peer sends until it closes; fails after ``timeout`` seconds."""
     received = bytearray()

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import resource
 import socket
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,7 @@ import trio.testing
 import triosrv
 from triosrv import Limits, Timeouts
 from triosrv._config import BACKENDS
+from triosrv.lowlevel import _loop
 from triosrv.protocols import Protocol, chargen_line
 
 from . import test_server
@@ -42,6 +45,7 @@ from .helpers import (
     connect,
     echo_all_at_once,
     random_payload,
+    receive_exactly,
     receive_until_eof,
     running_server,
     tcp_port,
@@ -149,19 +153,21 @@ async def test_backend_serves_what_one_receive_left_behind(backend: str, fast_pa
         await connect(server) as stream,
     ):
         await stream.send_all(payload)
-        received = bytearray()
-        with trio.fail_after(5):
-            while len(received) < len(payload):
-                received += await stream.receive_some()
-    assert received == payload
+        assert await receive_exactly(stream, len(payload)) == payload
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["answer", "receive_data"])
-async def test_backend_sees_the_eof_that_came_with_the_bytes(backend: str, fast_path: bool) -> None:
+@pytest.mark.parametrize("recv_size", [65536, _loop.READ_SIZE_MIN], ids=["large", "smallest"])
+async def test_backend_sees_the_eof_that_came_with_the_bytes(
+    backend: str, fast_path: bool, recv_size: int
+) -> None:
     # Bytes and FIN both wait before the server reads: its read returns the bytes and
     # leaves the EOF behind, which an edge-triggered epoll does not report again.
+    # (A short read of a large receive size also makes the loop's size shrink, a path
+    # of its own; at the smallest size only the EOF sends it there.)
     handler = "echo" if fast_path else triosrv.protocol_handler(Boom)
-    async with running_server(handler, backend=backend) as server:
+    limits = Limits(recv_size=recv_size)
+    async with running_server(handler, backend=backend, limits=limits) as server:
         sock = socket.create_connection(("127.0.0.1", tcp_port(server)))
         sock.sendall(b"bytes, then EOF")  # plain calls: the server has not run yet
         sock.shutdown(socket.SHUT_WR)
@@ -228,6 +234,38 @@ async def test_backend_loop_accepts_a_whole_backlog_in_small_batches(
         finally:
             for sock in socks:
                 sock.close()
+
+
+@pytest.mark.parametrize("name", LOOPS)
+@pytest.mark.parametrize("fast_path", [True, False], ids=["answer", "receive_data"])
+async def test_backend_loop_receive_size_follows_the_peer(
+    name: str, fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Short chunks make the loop ask for less, down to READ_SIZE_MIN (no 64 KiB buffer
+    # per receive); a bulk transfer makes it ask for recv_size again.
+    asked: list[int] = []
+
+    def read(fd: int, n: int) -> bytes:
+        asked.append(n)
+        return os.read(fd, n)
+
+    monkeypatch.setattr(_loop, "os", types.SimpleNamespace(read=read, write=os.write))
+    handler = "echo" if fast_path else triosrv.protocol_handler(Boom)
+    bulk = random.Random(20).randbytes(1 << 20)
+    async with (
+        running_server(handler, backend=name) as server,
+        await connect(server) as stream,
+    ):
+        for n in range(20):
+            chunk = b"%063d" % n
+            await stream.send_all(chunk)
+            assert await receive_exactly(stream, len(chunk)) == chunk
+        assert asked[-1] == _loop.READ_SIZE_MIN
+        del asked[:]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, bulk)
+            assert await receive_exactly(stream, len(bulk)) == bulk
+    assert max(asked) == server.config.limits.recv_size
 
 
 # -- drain, errors, cancellation ------------------------------------------------------
