@@ -16,8 +16,23 @@ import trio
 import triosrv
 from triosrv._errors import lone_exception
 from triosrv._server import Handler
+from triosrv.protocols import Echo
 
 from .conftest import triosrv_tasks
+
+
+class StrictEcho(Echo):
+    """Echo whose ``answer`` checks what every driver vouches for (see
+    triosrv.protocols._base): ``bytes``, no longer than ``max_bytes``."""
+
+    __slots__ = ()
+
+    def answer(self, data: bytes, max_bytes: int) -> bytes | None:
+        if type(data) is not bytes or len(data) > max_bytes:
+            raise AssertionError(
+                f"answer() got a {type(data).__name__} of {len(data)} bytes, max_bytes={max_bytes}"
+            )
+        return super().answer(data, max_bytes)
 
 
 @contextlib.asynccontextmanager

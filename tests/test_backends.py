@@ -41,6 +41,7 @@ from triosrv.protocols import Protocol, chargen_line
 from . import test_server
 from .conftest import open_fds, triosrv_tasks
 from .helpers import (
+    StrictEcho,
     check_one_failure_is_isolated,
     connect,
     echo_all_at_once,
@@ -154,6 +155,26 @@ async def test_backend_serves_what_one_receive_left_behind(backend: str, fast_pa
     ):
         await stream.send_all(payload)
         assert await receive_exactly(stream, len(payload)) == payload
+
+
+async def test_backend_gives_answer_only_what_the_protocol_may_send_back_whole(
+    backend: str,
+) -> None:
+    # Receives of up to 256 KiB, four times the 64 KiB a driver hands one send: a
+    # protocol's answer() must never see more than the max_bytes it is told.
+    payload = random.Random(21).randbytes(1 << 20)
+    async with (
+        running_server(
+            triosrv.protocol_handler(StrictEcho),
+            backend=backend,
+            limits=Limits(recv_size=256 * 1024),
+        ) as server,
+        await connect(server) as stream,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(stream.send_all, payload)
+        assert await receive_exactly(stream, len(payload)) == payload
+    assert server.statistics().handler_errors == 0
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["answer", "receive_data"])

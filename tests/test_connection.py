@@ -13,6 +13,8 @@ import triosrv
 from triosrv import Connection, ServerConfig, SocketConnection, Timeouts
 from triosrv._listeners import configure_accepted
 
+from .helpers import StrictEcho
+
 # -- the stream contract ---------------------------------------------------------
 
 
@@ -99,6 +101,19 @@ async def connect(server: triosrv.Server) -> trio.abc.HalfCloseableStream:
     client, server_end = trio.testing.memory_stream_pair()
     await server.add_stream(server_end, peer="client")
     return client
+
+
+async def test_connection_receives_bytes_from_a_bytearray_stream() -> None:
+    # trio's memory streams hand out bytearrays; a protocol's answer() is promised bytes.
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, triosrv.protocol_handler(StrictEcho))
+        client = await connect(server)
+        for chunk in (b"one", b"two"):
+            await client.send_all(chunk)
+            assert await client.receive_some() == chunk
+        await client.aclose()
+        server.shutdown()
+    assert server.statistics().handler_errors == 0
 
 
 async def test_idle_timeout_fires_after_idle_seconds(autojump_clock: trio.abc.Clock) -> None:

@@ -53,7 +53,9 @@ class ProtocolHandler:
                 data = await receive_some()
                 # The fast turn (see triosrv.protocols._base): while the protocol
                 # answers each chunk outright, there is nothing else to ask it.
-                while answer is not None and data:
+                # (Connection.receive_some returns bytes; a chunk longer than a
+                # send, with recv_size above SEND_SIZE, takes receive_data.)
+                while answer is not None and 0 < len(data) <= SEND_SIZE:
                     reply = answer(data, SEND_SIZE)
                     if reply is None:
                         break

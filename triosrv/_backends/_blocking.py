@@ -106,6 +106,7 @@ class BlockingBackend(AcceptingBackend):
         offset = self._clock_offset
         clock = time.perf_counter
         answer = answer_method(protocol)
+        answer_size = max(SEND_SIZE, recv_size)  # no receive is longer: see answer()
         pending: bytes | None = None  # an answer still to send
         while not conn._shut:
             if pending is None:
@@ -140,7 +141,7 @@ class BlockingBackend(AcceptingBackend):
                 if conn._shut:
                     return None  # that b"" was our own shutdown, not the peer's EOF
                 conn.bytes_received += len(data)
-                reply = answer(data, SEND_SIZE) if answer is not None and data else None
+                reply = answer(data, answer_size) if answer is not None and data else None
                 if reply is None:
                     protocol.receive_data(data)
                 else:

@@ -79,6 +79,7 @@ class TrioFdBackend(AcceptingBackend):
         recv_size = self.server.config.limits.recv_size
         data_to_send, receive_data = protocol.data_to_send, protocol.receive_data
         answer = answer_method(protocol)
+        answer_size = max(SEND_SIZE, recv_size)  # no receive is longer: see answer()
         reply: bytes | None = None  # an answer still to send, before asking again
         spins = 0
         while True:
@@ -120,7 +121,7 @@ class TrioFdBackend(AcceptingBackend):
                 if data is None:
                     return
                 conn.bytes_received += len(data)
-                reply = answer(data, SEND_SIZE) if answer is not None and data else None
+                reply = answer(data, answer_size) if answer is not None and data else None
                 if reply is None:
                     receive_data(data)
             spins += 1

@@ -196,6 +196,9 @@ class EventLoop:
         self.listeners = {sock.fileno(): sock for sock in listeners}
         self.protocol_factory = protocol_factory
         self.recv_size = recv_size
+        # What the answer fast path is told it may send: no receive is longer (the
+        # protocol need not check; see triosrv.protocols._base).
+        self.answer_size = max(SEND_SIZE, recv_size)
         self.conns: dict[int, LoopConnection] = {}
         #: Set once the listeners are no longer watched for good.
         self.not_accepting = trio.Event()
@@ -276,6 +279,7 @@ class EventLoop:
         # rate). Anything unusual (no answer, EOF, a partial send, a close) goes to
         # _pump.
         conns = self.conns
+        answer_size = self.answer_size
         pump = self._pump
         read, write = os.read, os.write
         for fd, events in ready:
@@ -308,7 +312,7 @@ class EventLoop:
             if got == size or got < conn.read_low or events != READABLE:
                 self._resized(conn, got, events)  # rare: see there
             try:
-                out = answer(data, SEND_SIZE)
+                out = answer(data, answer_size)
             except Exception as exc:
                 self._failed(conn, exc)
                 continue

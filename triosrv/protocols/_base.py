@@ -63,8 +63,12 @@ trip. A protocol may shorten that turn with one more method::
 
     def answer(self, data: bytes, max_bytes: int) -> bytes | None: ...
 
-The driver calls it in place of ``receive_data(data)``, only with non-empty ``data``
-(EOF always goes through ``receive_data``). ``None`` means "not now": nothing was taken
+The driver calls it in place of ``receive_data(data)``, only with non-empty ``bytes``
+no longer than ``max_bytes``: EOF always goes through ``receive_data``, and so does a
+chunk the driver cannot vouch for (a ``bytearray`` from a stream, say, or a receive
+larger than ``max_bytes``). The protocol need not check either, which on the hot path
+is worth ~400 of the ~6,000 CPU instructions of a whole echo round trip (the call
+itself costs about as much). ``None`` means "not now": nothing was taken
 and the driver goes on with ``receive_data(data)`` as usual. Bytes (``b""`` included)
 mean that ``data`` was taken and that they are *all* the protocol has to say for now:
 at most ``max_bytes`` long, ``data_to_send`` would return ``b""`` after them and
