@@ -176,6 +176,7 @@ def summarize(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
                     "rtps_spread": spread(rtps),
                     "p99_us": median([m["p99_us"] for m in measured]),
                     "server_cpu": median([m["server_cpu"] for m in measured]),
+                    "server_us_per_rt": median([cpu_us_per_rt(m) for m in measured]),
                     "errors": sum(m["errors"] for m in measured),
                     "generator_saturated": any(m["generator_saturated"] for m in measured),
                     "vs_trio": pair_ratio(runs, name, BASELINES[0], "rtps"),
@@ -184,6 +185,14 @@ def summarize(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def cpu_us_per_rt(run: dict[str, Any]) -> float | None:
+    """The server's CPU time per round trip in one run (the cost, whoever was the
+    bottleneck: when the generator is, rates hide it)."""
+    if not run["rtps"] or run["server_cpu"] is None:
+        return None
+    return float(run["server_cpu"] * 1e6 / run["rtps"])
 
 
 def check_targets(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
@@ -218,7 +227,7 @@ def print_report(doc: dict[str, Any]) -> None:
     print(f"command: {doc['command']}")
     print(
         f"\n{'C':>5}  {'server':<18}{'rt/s':>10} {'spread':>7}{'p99 us':>9}{'srv cpu':>8}"
-        f"{'errors':>7}{'vs trio':>9}{'vs asyncio':>11}"
+        f"{'us/rt':>7}{'errors':>7}{'vs trio':>9}{'vs asyncio':>11}"
     )
     saturated = False
     for row in doc["rows"]:
@@ -227,12 +236,14 @@ def print_report(doc: dict[str, Any]) -> None:
         print(
             f"{row['connections']:>5}  {row['server']:<18}{fmt(row['rtps'], ',.0f'):>10}{star}"
             f"{fmt(row['rtps_spread'], '.0%'):>7}{fmt(row['p99_us'], ',.0f'):>9}"
-            f"{fmt(row['server_cpu'], '.0%'):>8}{row['errors']:>7}"
+            f"{fmt(row['server_cpu'], '.0%'):>8}{fmt(row['server_us_per_rt'], '.2f'):>7}"
+            f"{row['errors']:>7}"
             f"{fmt(row['vs_trio'], '.2f', 'x'):>9}{fmt(row['vs_asyncio'], '.2f', 'x'):>11}"
         )
     print(
         "spread: (max - min) / median of the runs; vs: median of the per-round ratios of "
-        "rt/s; srv cpu: the server's CPU share over the run"
+        "rt/s; srv cpu: the server's CPU share over the run; us/rt: the server's CPU "
+        "microseconds per round trip"
     )
     if saturated:
         print("* the load generator used over 90% of its CPU: that rate is generator-bound")

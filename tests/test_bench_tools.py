@@ -247,6 +247,10 @@ def test_bench_peers_measures_every_peer_and_ratios() -> None:
     assert by_name["trio.serve_tcp"]["vs_trio"] == pytest.approx(1.0)
     assert by_name["asyncio streams"]["vs_asyncio"] == pytest.approx(1.0)
     assert all(row["errors"] == 0 for row in doc["rows"])
+    for row in doc["rows"]:  # one run each: the median is that run's CPU per round trip
+        [run] = row["runs"]
+        assert row["server_us_per_rt"] == pytest.approx(run["server_cpu"] * 1e6 / run["rtps"])
+        assert row["server_us_per_rt"] > 0
     assert doc["machine"]["cpu_count"] >= 1
 
 
