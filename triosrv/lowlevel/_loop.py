@@ -35,10 +35,10 @@ Over an edge-triggered multiplexer (the epoll backend's) an fd is reported when 
 becomes ready, not while it stays ready, so the loop keeps its own list, ``_again``, of
 the fds it leaves ready with no new edge to come, and handles them in the next pass as
 if they had been reported: a receive that filled the size it asked for (more may
-wait), one that came with :data:`PEER_CLOSED` (the EOF waits behind the bytes), a send budget
-spent while the socket still had room, a full accept batch. Switching a connection
-between READABLE and WRITABLE re-arms the fd (``modify``), and the loop never drops a
-batch it has fetched. Over a level-triggered multiplexer ``_again`` stays empty.
+wait), one that came with :data:`PEER_CLOSED` (the EOF waits behind the bytes), a send
+budget spent while the socket still had room, a full accept batch. Switching a
+connection between READABLE and WRITABLE re-arms the fd (``modify``), and the loop never
+drops a batch it has fetched. Over a level-triggered multiplexer ``_again`` stays empty.
 
 Everything else comes in through one flag, ``_attention``, checked once per pass: the
 deadline keeper (a trio task of the server) expiring connections, a request to stop
