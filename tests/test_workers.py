@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -66,11 +67,18 @@ async def which_pid(port: int) -> int | None:
     return int(data)
 
 
-def kill_if_alive(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+async def end_supervisor(proc: trio.Process, worker_pids: Iterable[int]) -> None:
+    """Never leave the supervisor or a worker behind (normally all long gone), by pid."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    for pid in worker_pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.stderr is not None
+    await proc.stderr.aclose()
 
 
 async def test_workers_spread_survive_kill_9_and_drain_on_sigterm() -> None:
@@ -140,13 +148,44 @@ async def test_workers_spread_survive_kill_9_and_drain_on_sigterm() -> None:
         assert f"worker 2 (pid {survivor}) exited with status 0" in tail
         assert f"worker 1 (pid {new_pid}) exited with status 0" in tail
     finally:
-        if proc.returncode is None:
+        await end_supervisor(proc, worker_pids)
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed() -> None:
+    # kill -9 leaves the supervisor no chance to stop its workers: they must notice.
+    command = [sys.executable, "-m", "triosrv", "listen", "--workers", "2", "--port", "0"]
+    command += ["--handler", HANDLER]
+    proc = await trio.lowlevel.open_process(command, cwd=ROOT, stderr=subprocess.PIPE)
+    log = Log()
+    worker_pids: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            assert proc.stderr is not None
+            all_closed = trio.Event()
+
+            async def read_until_every_writer_is_gone() -> None:
+                assert proc.stderr is not None
+                await log.read(proc.stderr)  # the workers share the supervisor's stderr
+                all_closed.set()
+
+            nursery.start_soon(read_until_every_writer_is_gone)
+            port = int((await log.wait_for(r"2 workers on tcp://127\.0\.0\.1:(\d+)"))[1])
+            await log.wait_for("all 2 workers ready")
+            text = "\n".join(log.lines)
+            worker_pids += [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)", text)]
+            assert await which_pid(port) in worker_pids
+            mark = len(log.lines)
             proc.kill()
             await proc.wait()
-        for pid in worker_pids:
-            kill_if_alive(pid)  # normally long gone; never leave one behind
-        assert proc.stderr is not None
-        await proc.stderr.aclose()
+            with trio.fail_after(20):  # each worker checks every 0.5 s, then drains
+                await all_closed.wait()
+        tail = "\n".join(log.lines[mark:])
+        gone = f"the supervisor (pid {proc.pid}) is gone: shutting down"
+        assert tail.count(gone) == 2, tail
+        assert tail.count("stopped: ") == 2, tail
+        assert await which_pid(port) is None  # nobody serves the port any more
+    finally:
+        await end_supervisor(proc, worker_pids)
 
 
 async def test_workers_failing_worker_stops_supervisor_with_one_line() -> None:
@@ -217,10 +256,4 @@ async def test_workers_each_have_their_own_control_socket(tmp_path: Path) -> Non
                 assert await proc.wait() == 0
             nursery.cancel_scope.cancel()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in pids.values():
-            kill_if_alive(int(pid))  # normally long gone; never leave one behind
-        assert proc.stderr is not None
-        await proc.stderr.aclose()
+        await end_supervisor(proc, (int(pid) for pid in pids.values()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -17,6 +18,11 @@ from ._systemd import notify
 from .diagnostics import serve_control
 
 logger = logging.getLogger("triosrv")
+
+#: Set by a ``--workers`` supervisor in each worker's environment: its own pid.
+SUPERVISOR_PID_ENV = "TRIOSRV_SUPERVISOR_PID"
+#: How often a worker checks that its supervisor still runs (real seconds).
+SUPERVISOR_CHECK_INTERVAL = 0.5
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,6 +71,10 @@ async def serve_until_signalled(
     Raises :class:`~triosrv.BindError` if a bind fails, :class:`~triosrv.ConfigError`
     if the TLS files cannot be loaded. Sends ``READY=1`` once serving and
     ``STOPPING=1`` on the first signal to ``NOTIFY_SOCKET``, when set (sd_notify).
+
+    A worker of ``--workers`` (:data:`SUPERVISOR_PID_ENV` is set) also drains and
+    exits, as on SIGTERM, once its supervisor is gone (killed with SIGKILL, say, so it
+    could not stop its workers): a worker must not serve on unsupervised.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
@@ -75,6 +85,9 @@ async def serve_until_signalled(
                 await _start_diagnostics(nursery, server, control, metrics)
                 notify("READY=1")  # systemd (Type=notify) or a worker supervisor
                 nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
+                supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
+                if supervisor.isdigit():
+                    nursery.start_soon(_watch_supervisor, int(supervisor), server)
                 await server.wait_closed()
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -117,18 +130,30 @@ async def _watch_signals(
         count += 1
         name = signal.Signals(signum).name
         if count == 1:
-            stats = server.statistics()
-            # Shut down first, log after: whoever reads this line (a test, an
-            # operator's script) can rely on the listeners being closed already.
-            server.shutdown()
-            logger.info(
-                "%s: shutting down, draining %d connection(s) for up to %s s",
-                name,
-                stats.active,
-                "inf" if server._grace is None else f"{server._grace:g}",
-            )
+            _begin_drain(server, name)
             notify("STOPPING=1")
         else:
             logger.warning("%s again: cancelling %d connection(s) now", name, len(server._live))
             scope.cancel()
             return
+
+
+async def _watch_supervisor(pid: int, server: Server) -> None:
+    # A process whose parent dies is re-parented (to init or a subreaper), so its
+    # getppid() changes. One cheap syscall per check.
+    while os.getppid() == pid:
+        await trio.sleep(SUPERVISOR_CHECK_INTERVAL)  # real time: a process, not a test
+    _begin_drain(server, f"the supervisor (pid {pid}) is gone")
+
+
+def _begin_drain(server: Server, reason: str) -> None:
+    stats = server.statistics()
+    # Shut down first, log after: whoever reads this line (a test, an operator's
+    # script) can rely on the listeners being closed already.
+    server.shutdown()
+    logger.info(
+        "%s: shutting down, draining %d connection(s) for up to %s s",
+        reason,
+        stats.active,
+        "inf" if server._grace is None else f"{server._grace:g}",
+    )

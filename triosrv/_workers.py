@@ -29,6 +29,8 @@ every worker; each drains for ``grace`` seconds and exits; stragglers are killed
 ``KILL_MARGIN`` seconds after that. The exit status is 0 when every worker exited 0.
 Workers run in their own process group, so a terminal's Ctrl-C reaches only the
 supervisor, which forwards it once (a second signal to a worker cancels its drain).
+A supervisor killed outright (SIGKILL) cannot stop its workers: each one notices that
+its parent is gone (it is re-parented) within half a second, then drains and exits.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import trio
 from ._config import BindSpec, parse_bind
 from ._errors import ConfigError
 from ._listeners import open_notify_receiver, reserve_tcp_ports
+from ._runner import SUPERVISOR_PID_ENV
 from ._systemd import notify, parse_notification
 
 logger = logging.getLogger("triosrv")
@@ -160,7 +163,8 @@ class Supervisor:
     async def _keep_worker(self, slot: WorkerStatus, notify_address: str) -> None:
         initial, maximum, stable_after = self._backoff
         backoff = initial
-        env = {**os.environ, "NOTIFY_SOCKET": notify_address}
+        # The pid lets a worker notice that we are gone (see _runner.py).
+        env = {**os.environ, "NOTIFY_SOCKET": notify_address, SUPERVISOR_PID_ENV: str(os.getpid())}
         while not self._stopping.is_set():
             started = trio.current_time()
             code = await self._run_worker(slot, env)
