@@ -132,11 +132,7 @@ async def test_backend_chargen_stream_is_the_rfc864_pattern(backend: str) -> Non
         running_server("chargen", backend=backend) as server,
         await connect(server) as stream,
     ):
-        received = bytearray()
-        with trio.fail_after(5):
-            while len(received) < len(expected):
-                received += await stream.receive_some()
-    assert bytes(received[: len(expected)]) == expected
+        assert await receive_exactly(stream, len(expected)) == expected
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["answer", "receive_data"])

@@ -16,7 +16,7 @@ import trio
 
 import triosrv
 
-from .helpers import running_server, tcp_port
+from .helpers import receive_exactly, running_server, tcp_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "haproxy.cfg"
@@ -90,10 +90,7 @@ async def test_haproxy_send_proxy_v2_gives_handler_the_client_address(tmp_path: 
                 client_port = stream.socket.getsockname()[1]
                 line = await read_line(stream)
                 await stream.send_all(b"through haproxy")
-                echoed = b""
-                with trio.fail_after(30):
-                    while len(echoed) < 15:
-                        echoed += await stream.receive_some(100)
+                echoed = await receive_exactly(stream, 15, timeout=30)
         finally:
             proc.kill()
             await proc.wait()
