@@ -238,6 +238,48 @@ async def test_epoll_waits_on_its_own_fd_through_trio() -> None:
         b.close()
 
 
+def epoll_sets_holding(fd: int) -> list[int]:
+    """This process's epoll fds whose set holds ``fd`` (from /proc/self/fdinfo)."""
+    holders = []
+    for name in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{name}") as info:
+                lines = info.read().splitlines()
+        except OSError:  # the listing's own fd, gone already
+            continue
+        if any(line.split()[:2] == ["tfd:", str(fd)] for line in lines):
+            holders.append(int(name))
+    return holders
+
+
+async def test_epoll_fd_leaves_trios_set_once_a_wait_finds_it_busy() -> None:
+    # While trio's epoll set holds our epoll fd, every event of ours also wakes that
+    # entry (a cost to the peer's CPU); a busy loop must not keep it there.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    mux = EpollMultiplexer(edge_triggered=True)
+    try:
+        mux.register(a.fileno(), READABLE)
+        assert epoll_sets_holding(mux._epoll_fd) == []
+        with trio.move_on_after(0.01):  # idle: a trio wait adds it to trio's set
+            await mux.wait()
+        [trios] = epoll_sets_holding(mux._epoll_fd)
+        b.send(b"x")
+        assert await mux.wait() == [(a.fileno(), READABLE)]  # busy: it leaves
+        assert epoll_sets_holding(mux._epoll_fd) == []
+        a.recv(1)
+        async with trio.open_nursery() as nursery:  # idle again: a trio wait
+            nursery.start_soon(mux.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert epoll_sets_holding(mux._epoll_fd) == [trios]
+            b.send(b"y")  # and the wait is woken through trio's set
+        assert epoll_sets_holding(mux._epoll_fd) == [trios]  # a loop going to sleep stays
+    finally:
+        mux.close()
+        a.close()
+        b.close()
+
+
 async def test_epoll_edge_triggered_reports_each_change_once() -> None:
     a, b = socket.socketpair()
     a.setblocking(False)

@@ -199,6 +199,13 @@ class EpollMultiplexer(Multiplexer):
     a read that returns the last bytes before the peer's EOF leaves the EOF behind
     with no new edge to come, and :data:`PEER_CLOSED` in the reported events says
     so. The private wake-up fd stays level-triggered.
+
+    Nested epoll: trio waits for our epoll fd in its own epoll set, and keeps it
+    there (disabled) after the wait. While it is there, every event on any fd of
+    ours also wakes that entry, a ~100 ns detour paid by whoever made the fd ready
+    (the peer's CPU, on loopback). So once a wait finds the loop busy, our fd leaves
+    trio's set (``notify_closing``: no task waits on it then), and the next trio
+    wait adds it back; a loop that goes to sleep on every wait never leaves.
     """
 
     name = "epoll_wait"
@@ -211,6 +218,7 @@ class EpollMultiplexer(Multiplexer):
         self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._poll = self._epoll.poll
         self.last_watched = 1
+        self._in_trio_set = False  # trio's epoll set holds our fd (see the docstring)
 
     def _register(self, fd: int, events: int) -> None:
         self._epoll.register(fd, self._kernel_events(events))
@@ -238,8 +246,11 @@ class EpollMultiplexer(Multiplexer):
         if ready or timeout == 0:
             # Busy: skip the trio wait (an epoll_ctl to re-arm our fd in trio's set
             # plus a wake-up); a plain checkpoint keeps us cancellable and fair.
+            if self._in_trio_set:
+                self._leave_trio_set()
             await trio.lowlevel.checkpoint()
         else:
+            self._in_trio_set = True
             # trio.lowlevel's function itself, not our documented wrapper: this is
             # the hot path of the fastest backend, and a wrapper is one more frame.
             if timeout is None:
@@ -250,6 +261,12 @@ class EpollMultiplexer(Multiplexer):
             self.calls += 1
             ready = self._poll(0)
         return self._drop_wakeup(ready) if self._woken else ready
+
+    def _leave_trio_set(self) -> None:
+        # No task waits on our fd now (this task is the only one that does), so
+        # notify_closing wakes nobody: it only takes the fd out of trio's epoll set.
+        self._in_trio_set = False
+        trio.lowlevel.notify_closing(self._epoll_fd)
 
     def poll_now(self) -> Ready:
         """See :meth:`Multiplexer.poll_now`: ``epoll_wait(fd, 0)``."""
