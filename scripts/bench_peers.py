@@ -3,7 +3,8 @@
 Usage::
 
     python scripts/bench_peers.py [--quick] [--runs N] [--duration S] [--warmup S]
-                                  [--connections 1,50,1000] [--size BYTES] [--json]
+                                  [--connections 1,50,1000] [--size BYTES]
+                                  [--paired S] [--json]
 
 The peers: plain ``trio.serve_tcp`` (``scripts/_trio_echo_baseline.py``), anyio on
 trio, asyncio streams, an ``asyncio.Protocol`` on asyncio's loop and on uvloop
@@ -18,6 +19,12 @@ no server always follows the same one; the table shows the median round trips pe
 second and p99, the spread of the runs, and the ratios to plain ``trio.serve_tcp`` and
 to asyncio streams (the medians of the per-round ratios, which cancel the machine's
 drift). Every server is stopped before anything is printed. Loopback only.
+
+The issue's targets (``TARGETS``) are then checked with `triosrv.bench.run_paired`:
+``--paired`` seconds of windows that alternate between the candidate and its reference
+every 0.2 s, both kept running, so that the two are compared under the same noise (the
+rounds above are seconds apart, and on a shared machine a server's rate swings by 10-30%
+within a second). ``--paired 0`` checks them on the per-round ratios instead.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from triosrv.bench import LoadResult, run_load  # noqa: E402
+from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired  # noqa: E402
 from triosrv.bench._report import fmt, median, progress, ratio, spread  # noqa: E402
 from triosrv.bench._servers import (  # noqa: E402
     BenchError,
@@ -54,6 +61,7 @@ from triosrv.bench._servers import (  # noqa: E402
 PEERS = REPO / "scripts" / "peers"
 PY = sys.executable
 CONNECT_TIMEOUT = 10.0  # plain trio.serve_tcp needs seconds for a 1000-client burst
+PAIRED_WINDOW = 0.2  # seconds; long enough for 1000 connections to get going
 BASELINES = ("trio.serve_tcp", "asyncio streams")
 # The issue's targets: (candidate, reference, the connection counts it applies to or
 # None for all); each is checked on the median of the per-round ratios.
@@ -102,6 +110,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Comma-separated server names to measure (default: all), "
         "e.g. 'triosrv epoll,uvloop Protocol'.",
     )
+    parser.add_argument(
+        "--paired",
+        type=float,
+        help="Seconds of alternating windows per target and connection count "
+        "(default 20, --quick 8; 0: check the targets on the rounds).",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON document.")
     args = parser.parse_args(argv)
     args.servers = [n.strip() for n in args.servers.split(",")] if args.servers else None
@@ -111,6 +125,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.duration = 1.0 if args.quick else 2.0
     if args.warmup is None:
         args.warmup = 0.2 if args.quick else 0.5
+    if args.paired is None:
+        args.paired = 8.0 if args.quick else 20.0
+    if args.paired < 0:
+        parser.error("--paired must be >= 0")
     default = "50,1000" if args.quick else "1,50,1000"
     try:
         args.connections = [int(c) for c in (args.connections or default).split(",")]
@@ -139,11 +157,18 @@ def measure(server: Server, connections: int, args: argparse.Namespace) -> dict[
     return {**result.to_dict(), "server_cpu": server_cpu}
 
 
-def run_all(servers: list[Server], args: argparse.Namespace) -> dict[int, dict[str, list[Any]]]:
-    """Measure every connection count on every server, rotating the order each round."""
+def run_all(
+    servers: list[Server], args: argparse.Namespace
+) -> tuple[dict[int, dict[str, list[Any]]], list[dict[str, Any]]]:
+    """Measure every connection count on every server, rotating the order each round;
+    then the targets with run_paired (unless ``--paired 0``)."""
     results: dict[int, dict[str, list[Any]]] = {}
     per_run = args.warmup + args.duration + 0.3
     total = len(args.connections) * args.runs * len(servers) * per_run
+    names = [s.name for s in servers]
+    if args.paired:
+        pairs = sum(len(targets_here(names, c)) for c in args.connections)
+        total += pairs * (args.warmup + args.paired * 1.1)
     with progress("bench_peers", total):
         for connections in args.connections:
             runs: dict[str, list[Any]] = {s.name: [] for s in servers}
@@ -152,7 +177,45 @@ def run_all(servers: list[Server], args: argparse.Namespace) -> dict[int, dict[s
                 for server in servers[shift:] + servers[:shift]:
                     runs[server.name].append(measure(server, connections, args))
             results[connections] = runs
-    return results
+        paired = []
+        if args.paired:
+            try:
+                paired = run_paired_targets(servers, args)
+            except LoadEngineError as exc:  # no C compiler: the per-round ratios stand
+                print(f"bench_peers: no paired windows: {exc}", file=sys.stderr)
+    return results, paired
+
+
+def targets_here(names: Sequence[str], connections: int) -> list[tuple[str, str]]:
+    """The (candidate, reference) targets that apply to these servers at this count."""
+    return [
+        (candidate, reference)
+        for candidate, reference, counts in TARGETS
+        if candidate in names and reference in names and (counts is None or connections in counts)
+    ]
+
+
+def run_paired_targets(servers: list[Server], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each applicable target measured with run_paired: the reference is A, the candidate B."""
+    by_name = {s.name: s for s in servers}
+    measured = []
+    for connections in args.connections:
+        for candidate, reference in targets_here(list(by_name), connections):
+            result = run_paired(
+                "127.0.0.1",
+                by_name[reference].port,
+                by_name[candidate].port,
+                connections=connections,
+                size=args.size,
+                duration=args.paired,
+                window=PAIRED_WINDOW,
+                warmup=args.warmup,
+                connect_timeout=CONNECT_TIMEOUT,
+            )
+            for server in (by_name[reference], by_name[candidate]):
+                server.check_alive(f"paired C={connections}")
+            measured.append({"candidate": candidate, "reference": reference, **result.to_dict()})
+    return measured
 
 
 def pair_ratio(runs: dict[str, list[Any]], name: str, base: str, key: str) -> float | None:
@@ -195,20 +258,25 @@ def cpu_us_per_rt(run: dict[str, Any]) -> float | None:
     return float(run["server_cpu"] * 1e6 / run["rtps"])
 
 
-def check_targets(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
-    """The targets that apply to what was measured, each with its per-round ratio."""
+def check_targets(
+    results: dict[int, dict[str, list[Any]]], paired: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The targets that apply to what was measured: each is judged on its paired ratio
+    when one was measured, else on the median per-round ratio."""
+    by_pair = {(p["candidate"], p["reference"], p["connections"]): p for p in paired}
     checked = []
     for connections, runs in results.items():
-        for candidate, reference, counts in TARGETS:
-            if candidate not in runs or reference not in runs:
-                continue
-            if counts is not None and connections not in counts:
-                continue
-            value = pair_ratio(runs, candidate, reference, "rtps")
+        for candidate, reference in targets_here(list(runs), connections):
+            per_round = pair_ratio(runs, candidate, reference, "rtps")
+            windows = by_pair.get((candidate, reference, connections))
+            value = windows["ratio"] if windows else per_round
             checked.append(
                 {
                     "target": f"{candidate} >= 1x {reference} at C={connections}",
                     "ratio": value,
+                    "method": "paired windows" if windows else "per-round",
+                    "quartiles": windows["quartiles"] if windows else None,
+                    "per_round_ratio": per_round,
                     "met": value is not None and value >= 1.0,
                 }
             )
@@ -254,7 +322,15 @@ def print_report(doc: dict[str, Any]) -> None:
     for target in doc["targets"]:
         verdict = "met" if target["met"] else "NOT met"
         value = fmt(target["ratio"], ".3f", "x")  # 3 places: 0.996x is not met
-        print(f"target {target['target']}: {value} (median per-round ratio), {verdict}")
+        if target["method"] == "per-round":
+            print(f"target {target['target']}: {value} (median per-round ratio), {verdict}")
+            continue
+        q1, q3 = target["quartiles"] or (None, None)
+        print(
+            f"target {target['target']}: {value} (median of {s['paired']:g} s of "
+            f"{PAIRED_WINDOW:g} s windows, quartiles {fmt(q1, '.3f')}-{fmt(q3, '.3f')}; "
+            f"per-round {fmt(target['per_round_ratio'], '.3f', 'x')}), {verdict}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stack.enter_context(running_server(name, cmd, cpus[0] if cpus else None))
                 for name, cmd in commands.items()
             ]
-            results = run_all(servers, args)
+            results, paired = run_all(servers, args)
         # Leaving the ExitStack stopped every server: only now is anything printed.
     except BenchError as exc:
         print(f"bench_peers: {exc}", file=sys.stderr)
@@ -293,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "commands": commands,
         "skipped": notes,
         "rows": summarize(results),
-        "targets": check_targets(results),
+        "paired": paired,
+        "targets": check_targets(results, paired),
     }
     if args.json:
         print(json.dumps(doc, indent=2))

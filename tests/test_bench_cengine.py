@@ -10,18 +10,19 @@ a speed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from triosrv.bench import LoadEngineError, _cengine, run_load
+from triosrv.bench import LoadEngineError, PairedResult, _cengine, run_load, run_paired
 from triosrv.bench._servers import machine_facts, machine_lines
 
 from .test_bench_load import ThreadedEchoServer
@@ -254,3 +255,76 @@ def test_bench_load_cli_engine_c_without_a_compiler_exits_1(tmp_path: Path) -> N
         "error: the C load engine needs a C compiler (cc, gcc or clang) on PATH; "
         "install one, or use the Python engine (--engine python)"
     ]
+
+
+# -- paired mode (run_paired) -------------------------------------------------------------
+
+
+@needs_cc
+def test_run_paired_alternates_windows_and_parks_the_other_server() -> None:
+    # Each server notes when each message reaches it. Past the warm-up (both get load
+    # until every connection has echoed once) the arrivals must come in blocks, one per
+    # window: a server whose window is over gets nothing until its next one. Without the
+    # parking, the two would interleave thousands of times.
+    arrivals: list[tuple[float, str]] = []
+
+    def noting(name: str) -> Callable[[bytes], bytes]:
+        def transform(data: bytes) -> bytes:
+            arrivals.append((time.monotonic(), name))
+            return data
+
+        return transform
+
+    a, b = ThreadedEchoServer(noting("A")), ThreadedEchoServer(noting("B"))
+    try:
+        result = run_paired(
+            "127.0.0.1", a.port, b.port, connections=3, duration=1.0, window=0.1, warmup=0
+        )
+    finally:
+        a.stop()
+        b.stop()
+    servers = [server for server, _, _ in result.windows]
+    assert servers == [i % 2 for i in range(len(servers))]  # A, B, A, B, ...
+    assert len(servers) >= 9
+    assert sum(seconds for _, _, seconds in result.windows) >= 1.0
+    assert all(round_trips > 0 for _, round_trips, _ in result.windows)
+    assert result.errors == 0 and result.cpu_seconds > 0
+    # The warm-up runs in 10 ms slices at the start of the ~1.1 s: skip its first tenth.
+    arrivals.sort()
+    start = arrivals[0][0] + 0.1 * (arrivals[-1][0] - arrivals[0][0])
+    later = [name for t, name in arrivals if t >= start]
+    blocks = 1 + sum(x != y for x, y in itertools.pairwise(later))
+    assert blocks <= len(servers)
+    assert len(result.ratios) == servers.count(1) and result.ratio is not None
+
+
+def test_paired_ratio_compares_each_b_window_with_the_a_windows_beside_it() -> None:
+    def paired(*rates: float) -> PairedResult:
+        windows = tuple((i % 2, int(rate), 1.0) for i, rate in enumerate(rates))
+        return PairedResult(
+            connections=1,
+            size=64,
+            window=1.0,
+            windows=windows,
+            errors=0,
+            error_kinds={},
+            cpu_seconds=0.0,
+        )
+
+    # A drifts up 20 per window and B sits halfway: B is as fast as A.
+    drifting = paired(100, 110, 120, 130, 140)
+    assert drifting.ratios == [1.0, 1.0] and drifting.ratio == 1.0
+    assert drifting.rates(0) == [100, 120, 140] and drifting.rates(1) == [110, 130]
+    # B 10% faster; a B window at the end has one A window beside it.
+    faster = paired(100, 110, 100, 110)
+    assert faster.ratios == pytest.approx([1.1, 1.1])
+    assert faster.quartiles == pytest.approx((1.1, 1.1))
+    assert paired(100).ratio is None and paired(100).quartiles is None
+    assert paired(0, 50, 0).ratios == []  # no rate to compare with
+
+
+def test_run_paired_refuses_what_is_not_loopback() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        run_paired("192.0.2.1", 1, 2, connections=1)
+    with pytest.raises(ValueError, match="window"):
+        run_paired("127.0.0.1", 1, 2, connections=1, window=0)

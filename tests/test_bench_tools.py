@@ -235,7 +235,7 @@ def test_bench_peers_measures_every_peer_and_ratios() -> None:
         sys.executable,
         str(REPO / "scripts" / "bench_peers.py"),
         *("--runs", "1", "--duration", "0.15", "--warmup", "0.05", "--connections", "2"),
-        "--json",
+        *("--paired", "0", "--json"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -282,10 +282,13 @@ def _run_peers(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets() -> None:
+@pytest.mark.parametrize("paired", ["0", "0.6"])
+def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets(
+    paired: str,
+) -> None:
     done = _run_peers(
         *("--runs", "1", "--duration", "0.15", "--warmup", "0.05", "--connections", "50"),
-        *("--servers", "triosrv default,trio.serve_tcp", "--json"),
+        *("--servers", "triosrv default,trio.serve_tcp", "--paired", paired, "--json"),
     )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -293,6 +296,20 @@ def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets() 
     (target,) = doc["targets"]  # the uvloop target needs both of its servers
     assert target["target"] == "triosrv default >= 1x trio.serve_tcp at C=50"
     assert target["met"] == (target["ratio"] >= 1.0)
+    by_name = {row["server"]: row for row in doc["rows"]}
+    per_round = by_name["triosrv default"]["vs_trio"]
+    assert target["per_round_ratio"] == pytest.approx(per_round)
+    if paired == "0":
+        assert (doc["paired"], target["method"]) == ([], "per-round")
+        assert target["ratio"] == pytest.approx(per_round)
+        return
+    # Judged on the windows that alternated between the two (trio.serve_tcp first).
+    (windows,) = doc["paired"]
+    assert (windows["candidate"], windows["reference"]) == ("triosrv default", "trio.serve_tcp")
+    assert [w[0] for w in windows["windows"]] == [i % 2 for i in range(len(windows["windows"]))]
+    assert len(windows["windows"]) >= 3 and windows["errors"] == 0
+    assert target["method"] == "paired windows"
+    assert target["ratio"] == windows["ratio"]
 
 
 def test_bench_peers_refuses_an_unknown_server_in_one_line() -> None:

@@ -10,6 +10,7 @@ from ._cengine import LoadEngineError
 from ._cpu import bench_cpu
 from ._load import LoadResult, run_load
 from ._loadcmd import bench_load
+from ._paired import PairedResult, run_paired
 from ._servers import BenchError
 from ._tvt import bench_threads_vs_tasks
 
@@ -20,9 +21,11 @@ __all__ = [
     "BenchError",
     "LoadEngineError",
     "LoadResult",
+    "PairedResult",
     "bench_backends",
     "bench_cpu",
     "bench_load",
     "bench_threads_vs_tasks",
     "run_load",
+    "run_paired",
 ]

@@ -37,7 +37,7 @@ from typing import Any
 
 from ._load_worker import WorkerStats, _errno_kind
 
-__all__ = ["ENGINES", "LoadEngineError", "engine_binary", "run_c_engine"]
+__all__ = ["ENGINES", "LoadEngineError", "engine_binary", "run_c_engine", "run_c_paired"]
 
 ENGINES = ("auto", "c", "python")
 _COMPILERS = ("cc", "gcc", "clang")
@@ -166,9 +166,9 @@ def _worker_stats(doc: Any) -> WorkerStats:
     )
 
 
-def _collect(proc: subprocess.Popen[bytes], deadline: float) -> WorkerStats:
-    # Read one process's output until it exits or the deadline passes; kill it (by its
-    # pid) in the latter case. The caller's finally waits for every process anyway.
+def _collect(proc: subprocess.Popen[bytes], deadline: float) -> Any:
+    # Read one process's JSON object until it exits or the deadline passes; kill it (by
+    # its pid) in the latter case. The caller's finally waits for every process anyway.
     try:
         out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
@@ -183,9 +183,33 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float) -> WorkerStats:
             f"{_first_line(err.decode(errors='replace'))}"
         )
     try:
-        return _worker_stats(json.loads(out))
+        doc = json.loads(out)
+        _worker_stats(doc)  # every field it needs is there
+        return doc
     except (ValueError, KeyError, TypeError) as exc:
         raise LoadEngineError(f"the C load engine printed no valid result: {exc}") from None
+
+
+def _spawn(binary: Path, args: list[str]) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            [str(binary), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise LoadEngineError(f"cannot start the C load engine: {exc}") from None
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def run_c_engine(
@@ -216,24 +240,48 @@ def run_c_engine(
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for share in shares:
-            try:
-                proc = subprocess.Popen(
-                    [str(binary), *common, "-c", str(share)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            except OSError as exc:
-                raise LoadEngineError(f"cannot start the C load engine: {exc}") from None
-            procs.append(proc)
+            procs.append(_spawn(binary, [*common, "-c", str(share)]))
         # One after the other is enough: a process writes its result only after its
         # measured window, so waiting on one never slows another's measurement.
-        return [_collect(proc, deadline) for proc in procs]
+        return [_worker_stats(_collect(proc, deadline)) for proc in procs]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        _reap(procs)
+
+
+def run_c_paired(
+    binary: Path,
+    address: tuple[str, int],
+    second_port: int,
+    *,
+    connections: int,
+    size: int,
+    warmup: float,
+    duration: float,
+    window: float,
+    connect_timeout: float,
+    seed: int,
+) -> tuple[WorkerStats, list[tuple[int, int, float]]]:
+    """Run the C engine's paired mode (see ``_cload.c``): ``connections`` to each of
+    ``address`` and ``second_port`` on the same host, measured in alternating windows.
+
+    Returns the stats of both groups together and the windows as ``(group, round trips,
+    seconds)``, group 0 being ``address``. The same bounds and errors as `run_c_engine`.
+    """
+    args = [
+        *("-a", address[0], "-p", str(address[1]), "-q", str(second_port)),
+        *("-s", str(size), "-P", "1", "-c", str(connections), "-W", repr(window)),
+        *("-w", repr(warmup), "-d", repr(duration), "-t", repr(connect_timeout)),
+        *("-S", str(seed)),
+    ]
+    # The parking between windows may add a connect_timeout and a duration (_cload.c).
+    slack = warmup + 2 * (connect_timeout + duration) + _EXIT_SLACK
+    procs = [_spawn(binary, args)]
+    try:
+        doc = _collect(procs[0], time.monotonic() + slack)
+    finally:
+        _reap(procs)
+    try:
+        windows = [(int(g), int(n), float(t)) for g, n, t in doc["windows"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LoadEngineError(f"the C load engine printed no valid windows: {exc}") from None
+    return _worker_stats(doc), windows

@@ -32,8 +32,17 @@
  * Latencies are a systematic sample, as in the Python engine: past SAMPLE_CAP samples
  * every second one is dropped and only every second round trip is recorded from then on.
  *
+ * Paired mode (-q PORT2 -W WINDOW): CONNS connections to PORT (group 0) and CONNS to
+ * PORT2 (group 1), and the measured `duration` is cut into windows of WINDOW s that
+ * alternate between the groups, starting with group 0: only the group whose window it
+ * is sends; at a window's end its connections stop replacing the messages that come
+ * back ("park"), and the next window starts once every one of them is parked. The
+ * round trips completed inside each window are printed per window, so that two servers
+ * on one machine are compared a fraction of a second apart, under the same noise.
+ *
  * Usage:  _cload -a ADDR -p PORT -c CONNS -s SIZE -P PIPELINE -w WARMUP -d DURATION
- *                -t CONNECT_TIMEOUT -S SEED           (ADDR: an IPv4 or IPv6 loopback)
+ *                -t CONNECT_TIMEOUT -S SEED [-q PORT2 -W WINDOW]
+ *                                                     (ADDR: an IPv4 or IPv6 loopback)
  *         _cload -V                                   (print the version: a build check)
  * Output: one JSON object on stdout (see print_result). Exit status 0 when the run was
  * measured (connection failures are in the JSON), 1 when it could not run, 2 on bad
@@ -64,6 +73,9 @@
 #define RECV_MAX (256u * 1024u)        /* ... and at most this much */
 #define MAX_KINDS 64                   /* distinct error kinds counted; more go to "other" */
 #define ALARM_SLACK_S 3
+#define MAX_WINDOWS 100000
+#define ALL_GROUPS 2                   /* `active` when every group sends (warm-up) */
+#define NO_GROUP 3                     /* `active` when none does (between windows) */
 
 enum state { CONNECTING, RUNNING, CLOSED };
 
@@ -72,6 +84,8 @@ struct conn {
     unsigned char state;
     unsigned char first_done;
     unsigned char want_out;  /* registered for EPOLLOUT */
+    unsigned char group;     /* 0, or 1 for the second server of paired mode */
+    size_t parked;           /* messages echoed but not replaced: its group is paused */
     unsigned head;           /* index in sent_at of the oldest message in flight */
     size_t soff, roff, to_send, unanswered;  /* see the theory of operation */
     uint64_t *sent_at;       /* send time of each message in flight: a ring of `pipeline` */
@@ -98,6 +112,10 @@ struct gen {
     uint64_t *stamps;  /* every connection's sent_at ring, in one block */
     uint64_t *samples, round_trips, mask;
     size_t nsamples;
+    unsigned active;  /* the group that sends: 0, 1, ALL_GROUPS or NO_GROUP */
+    uint64_t window;  /* paired mode's window (ns), 0 otherwise */
+    size_t nwindows;
+    struct { unsigned group; uint64_t round_trips, ns; } *windows;
 };
 
 static void die(const char *what) {
@@ -255,6 +273,10 @@ static void on_readable(struct gen *g, struct conn *c, int measuring) {
         c->first_done = 1;
         if (--g->pending_first == 0) g->t_all_first = t;
     }
+    if (g->active != ALL_GROUPS && g->active != c->group) {
+        c->parked += done;  /* paired mode: this group's window is over */
+        return;
+    }
     c->to_send += done * g->size;
     flush(g, c);
 }
@@ -318,6 +340,64 @@ static void open_all(struct gen *g, size_t count) {
     }
 }
 
+/* ---- paired mode ----------------------------------------------------------------------- */
+
+/* Let `group` send again: every parked message leaves now. */
+static void resume(struct gen *g, unsigned group) {
+    uint64_t t = now_ns();
+    g->active = group;
+    for (size_t i = 0; i < g->nconns; i++) {
+        struct conn *c = &g->conns[i];
+        if (c->group != group || c->state != RUNNING || !c->parked) continue;
+        for (size_t k = 0; k < g->pipeline; k++) c->sent_at[k] = t;
+        c->to_send += c->parked * g->size;
+        c->parked = 0;
+        flush(g, c);
+    }
+}
+
+/* Stop every group and pump until each running connection has parked all its messages
+ * (at most `connect_timeout`: a server that stops answering fails its connections). */
+static void park_all(struct gen *g) {
+    g->active = NO_GROUP;
+    uint64_t deadline = now_ns() + g->connect_timeout;
+    for (;;) {
+        size_t busy = 0;
+        for (size_t i = 0; i < g->nconns; i++) {
+            struct conn *c = &g->conns[i];
+            if (c->state == RUNNING && c->parked < g->pipeline) busy++;
+        }
+        if (!busy) return;
+        uint64_t now = now_ns();
+        if (now >= deadline) {
+            for (size_t i = 0; i < g->nconns; i++) {
+                struct conn *c = &g->conns[i];
+                if (c->state == RUNNING && c->parked < g->pipeline) fail(g, c, "park_timeout", 0);
+            }
+            return;
+        }
+        pump(g, now + 1000000ull < deadline ? now + 1000000ull : deadline, 0);
+    }
+}
+
+/* The measured `duration`, in windows that alternate between the groups. */
+static uint64_t run_windows(struct gen *g) {
+    uint64_t measured = 0;
+    park_all(g);
+    for (unsigned group = 0; measured < g->duration && g->nwindows < MAX_WINDOWS; group ^= 1) {
+        resume(g, group);
+        uint64_t before = g->round_trips, t0 = now_ns();
+        pump(g, t0 + g->window, 1);
+        uint64_t ns = now_ns() - t0;
+        g->windows[g->nwindows].group = group;
+        g->windows[g->nwindows].round_trips = g->round_trips - before;
+        g->windows[g->nwindows++].ns = ns;
+        measured += ns;
+        park_all(g);
+    }
+    return measured;
+}
+
 /* At least `warmup` and until every connection echoed once, bounded by connect_timeout. */
 static void warm_up(struct gen *g) {
     uint64_t connect_deadline = g->origin + g->connect_timeout;
@@ -340,7 +420,9 @@ static void print_ms(const char *name, uint64_t origin, uint64_t t, size_t lost)
 
 /* {"engine_version", "connections", "round_trips", "window", "cpu_seconds", "mask",
  *  "connect_ms", "first_echo_ms", "errors": [[op, errno or 0, count], ...],
- *  "samples_ns": [...]}: times in seconds unless the name says otherwise. */
+ *  "windows": [[group, round_trips, seconds], ...] (paired mode, else empty),
+ *  "samples_ns": [...]}: times in seconds unless the name says otherwise. In paired
+ *  mode "samples_ns" holds both groups' latencies and "connections" counts both. */
 static void print_result(const struct gen *g, size_t connections, uint64_t window,
                          uint64_t cpu, size_t never_echoed) {
     printf("{\"engine_version\": \"%s\", \"connections\": %zu, \"round_trips\": %llu, "
@@ -355,6 +437,10 @@ static void print_result(const struct gen *g, size_t connections, uint64_t windo
                (unsigned long long)g->kinds[i].count);
     if (never_echoed)
         printf("%s[\"no_first_echo\", 0, %zu]", g->nkinds ? ", " : "", never_echoed);
+    printf("], \"windows\": [");
+    for (size_t i = 0; i < g->nwindows; i++)
+        printf("%s[%u, %llu, %.9f]", i ? ", " : "", g->windows[i].group,
+               (unsigned long long)g->windows[i].round_trips, (double)g->windows[i].ns / 1e9);
     printf("], \"samples_ns\": [");
     for (size_t i = 0; i < g->nsamples; i++)
         printf("%s%llu", i ? "," : "", (unsigned long long)g->samples[i]);
@@ -410,6 +496,11 @@ static void parse_address(struct gen *g, const char *text, uint16_t port) {
     }
 }
 
+static void set_port(struct gen *g, uint16_t port) {
+    if (g->addr.ss_family == AF_INET) ((struct sockaddr_in *)&g->addr)->sin_port = htons(port);
+    else ((struct sockaddr_in6 *)&g->addr)->sin6_port = htons(port);
+}
+
 /* The payload is made from the seed (splitmix64), then repeated to fill the ring. */
 static void make_ring(struct gen *g, uint64_t seed) {
     g->ring_len = g->size * (g->recv_cap / g->size + 2);  /* >= size + recv_cap */
@@ -424,6 +515,8 @@ static void make_ring(struct gen *g, uint64_t seed) {
 }
 
 static void setup(struct gen *g, size_t connections, uint64_t seed) {
+    g->active = ALL_GROUPS;
+    if (g->window) g->windows = alloc(MAX_WINDOWS, sizeof *g->windows);
     size_t in_flight = g->pipeline * g->size;
     g->recv_cap = in_flight < RECV_MIN ? RECV_MIN : in_flight > RECV_MAX ? RECV_MAX : in_flight;
     make_ring(g, seed);
@@ -440,7 +533,7 @@ int main(int argc, char **argv) {
     struct gen *g = &gen;
     const char *arg[128] = {0};
     int opt;
-    while ((opt = getopt(argc, argv, "a:p:c:s:P:w:d:t:S:V")) != -1) {
+    while ((opt = getopt(argc, argv, "a:p:c:s:P:w:d:t:S:q:W:V")) != -1) {
         if (opt == 'V') {
             printf("%s\n", VERSION);
             return fflush(stdout) == EOF ? 1 : 0;
@@ -457,17 +550,38 @@ int main(int argc, char **argv) {
     g->duration = parse_seconds("duration", arg['d'], 1);
     g->connect_timeout = parse_seconds("connect timeout", arg['t'], 1);
     uint64_t seed = parse_count("seed", arg['S'], 0, UINT64_MAX);
+    uint16_t second_port = 0;
+    if (arg['q'] || arg['W']) {  /* paired mode: both or neither */
+        second_port = (uint16_t)parse_count("second port", arg['q'], 1, 65535);
+        g->window = parse_seconds("window", arg['W'], 1);
+    }
+    size_t per_group = connections;
+    if (second_port) connections *= 2;
     setup(g, connections, seed);
-    /* The last-resort stop: every phase has a deadline, this catches a missed one. */
-    alarm((unsigned)((g->warmup + g->connect_timeout + g->duration) / 1000000000ull) + 1 +
-          ALARM_SLACK_S);
+    /* The last-resort stop: every phase has a deadline, this catches a missed one. Paired
+     * mode: the parking between windows takes a few ms each, or once connect_timeout
+     * when a server stops answering (its connections fail then). */
+    uint64_t limit = g->warmup + g->connect_timeout + g->duration;
+    if (g->window) limit += g->duration + g->connect_timeout;
+    alarm((unsigned)(limit / 1000000000ull) + 1 + ALARM_SLACK_S);
 
     g->origin = now_ns();
-    open_all(g, connections);
+    open_all(g, per_group);
+    if (second_port) {
+        size_t start = g->nconns;
+        set_port(g, second_port);
+        open_all(g, per_group);
+        for (size_t i = start; i < g->nconns; i++) g->conns[i].group = 1;
+    }
     warm_up(g);
-    uint64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID), t0 = now_ns();
-    pump(g, t0 + g->duration, 1);
-    uint64_t window = now_ns() - t0, cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+    uint64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID), t0 = now_ns(), window;
+    if (g->window) {
+        window = run_windows(g);
+    } else {
+        pump(g, t0 + g->duration, 1);
+        window = now_ns() - t0;
+    }
+    uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     size_t never_echoed = g->pending_first;
     for (size_t i = 0; i < g->nconns; i++)
         if (g->conns[i].state != CLOSED) close_conn(g, &g->conns[i]);
