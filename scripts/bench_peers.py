@@ -24,7 +24,8 @@ The issue's targets (``TARGETS``) are then checked with `triosrv.bench.run_paire
 ``--paired`` seconds of windows that alternate between the candidate and its reference
 every 0.2 s, both kept running, so that the two are compared under the same noise (the
 rounds above are seconds apart, and on a shared machine a server's rate swings by 10-30%
-within a second). ``--paired 0`` checks them on the per-round ratios instead.
+within a second); half of the time with the reference as A, half the other way round
+(`triosrv.bench.swapped`). ``--paired 0`` checks them on the per-round ratios instead.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired  # noqa: E402
+from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired, swapped  # noqa: E402
 from triosrv.bench._report import fmt, median, progress, ratio, spread  # noqa: E402
 from triosrv.bench._servers import (  # noqa: E402
     BenchError,
@@ -196,25 +197,38 @@ def targets_here(names: Sequence[str], connections: int) -> list[tuple[str, str]
 
 
 def run_paired_targets(servers: list[Server], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Each applicable target measured with run_paired: the reference is A, the candidate B."""
+    """Each applicable target measured with run_paired, half of ``--paired`` with the
+    reference as A, half with the candidate as A; the ratio is candidate/reference."""
     by_name = {s.name: s for s in servers}
     measured = []
     for connections in args.connections:
         for candidate, reference in targets_here(list(by_name), connections):
-            result = run_paired(
-                "127.0.0.1",
-                by_name[reference].port,
-                by_name[candidate].port,
-                connections=connections,
-                size=args.size,
-                duration=args.paired,
-                window=PAIRED_WINDOW,
-                warmup=args.warmup,
-                connect_timeout=CONNECT_TIMEOUT,
+            forward, backward = (
+                run_paired(
+                    "127.0.0.1",
+                    by_name[a].port,
+                    by_name[b].port,
+                    connections=connections,
+                    size=args.size,
+                    duration=args.paired / 2,
+                    window=PAIRED_WINDOW,
+                    warmup=args.warmup,
+                    connect_timeout=CONNECT_TIMEOUT,
+                )
+                for a, b in ((reference, candidate), (candidate, reference))
             )
             for server in (by_name[reference], by_name[candidate]):
                 server.check_alive(f"paired C={connections}")
-            measured.append({"candidate": candidate, "reference": reference, **result.to_dict()})
+            measured.append(
+                {
+                    "candidate": candidate,
+                    "reference": reference,
+                    "connections": connections,
+                    **swapped(forward, backward),
+                    "reference_first": forward.to_dict(),
+                    "candidate_first": backward.to_dict(),
+                }
+            )
     return measured
 
 

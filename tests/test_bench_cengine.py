@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from triosrv.bench import LoadEngineError, PairedResult, _cengine, run_load, run_paired
+from triosrv.bench import (
+    LoadEngineError,
+    PairedResult,
+    _cengine,
+    run_load,
+    run_paired,
+    swapped,
+)
 from triosrv.bench._servers import machine_facts, machine_lines
 
 from .test_bench_load import ThreadedEchoServer
@@ -321,6 +328,10 @@ def test_paired_ratio_compares_each_b_window_with_the_a_windows_beside_it() -> N
     assert faster.quartiles == pytest.approx((1.1, 1.1))
     assert paired(100).ratio is None and paired(100).quartiles is None
     assert paired(0, 50, 0).ratios == []  # no rate to compare with
+    # The same two the other way round: B (now A) at 100, A (now B) at 80 -> 0.8, 1/0.8.
+    both = swapped(faster, paired(100, 80, 100))
+    assert both["ratios"] == 3
+    assert both["ratio"] == pytest.approx(1.1)  # the median of 1.1, 1.1, 1.25
 
 
 def test_run_paired_refuses_what_is_not_loopback() -> None:

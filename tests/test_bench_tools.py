@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from triosrv.bench import BackendsPlan, bench_backends, bench_threads_vs_tasks
+from triosrv.bench import BackendsPlan, _cengine, bench_backends, bench_threads_vs_tasks
 from triosrv.bench._conns import ConnectionPool, ping_pong
 from triosrv.bench._loadcmd import parse_target
 from triosrv.bench._report import progress
@@ -306,10 +306,17 @@ def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets(
     # Judged on the windows that alternated between the two (trio.serve_tcp first).
     (windows,) = doc["paired"]
     assert (windows["candidate"], windows["reference"]) == ("triosrv default", "trio.serve_tcp")
-    assert [w[0] for w in windows["windows"]] == [i % 2 for i in range(len(windows["windows"]))]
-    assert len(windows["windows"]) >= 3 and windows["errors"] == 0
+    for half in (windows["reference_first"], windows["candidate_first"]):
+        assert [w[0] for w in half["windows"]] == [i % 2 for i in range(len(half["windows"]))]
+        assert len(half["windows"]) >= 2 and half["errors"] == 0
     assert target["method"] == "paired windows"
     assert target["ratio"] == windows["ratio"]
+    # Both halves count, the second one inverted (there the candidate was A).
+    assert (
+        windows["ratios"]
+        == len(windows["reference_first"]["windows"]) // 2
+        + len(windows["candidate_first"]["windows"]) // 2
+    )
 
 
 def test_bench_peers_refuses_an_unknown_server_in_one_line() -> None:
@@ -317,3 +324,43 @@ def test_bench_peers_refuses_an_unknown_server_in_one_line() -> None:
     assert done.returncode == 2
     assert "unknown server(s): nginx" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(_cengine.find_compiler() is None, reason="no C compiler here")
+def test_bench_paired_compares_two_commands_both_ways_round() -> None:
+    bare = f"exec {sys.executable} {REPO / 'scripts' / 'peers' / 'bare_epoll.py'}"
+    command = [sys.executable, str(REPO / "scripts" / "bench_paired.py")]
+    done = subprocess.run(
+        [
+            *(*command, "--a", bare, "--b", bare, "--runs", "2", "--duration", "0.8"),
+            *("--connections", "3", "--window", "0.1", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    first, second = doc["runs"]
+    assert (first["b_first"], second["b_first"]) == (False, True)
+    for run in (first, second):
+        assert [w[0] for w in run["windows"]] == [i % 2 for i in range(len(run["windows"]))]
+        assert len(run["windows"]) >= 6 and run["errors"] == 0
+    # B/A: the first run's ratio as measured, the second's inverted (B went first).
+    assert first["b_over_a"] == first["ratio"]
+    assert second["b_over_a"] == pytest.approx(1 / second["ratio"])
+    assert doc["median"] == pytest.approx((first["b_over_a"] + second["b_over_a"]) / 2)
+
+
+def test_bench_paired_names_a_server_that_does_not_start() -> None:
+    command = [sys.executable, str(REPO / "scripts" / "bench_paired.py")]
+    done = subprocess.run(
+        [*command, "--a", "exit 3", "--b", "exit 3", "--runs", "1", "--duration", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("bench_paired: ")

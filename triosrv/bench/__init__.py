@@ -10,7 +10,7 @@ from ._cengine import LoadEngineError
 from ._cpu import bench_cpu
 from ._load import LoadResult, run_load
 from ._loadcmd import bench_load
-from ._paired import PairedResult, run_paired
+from ._paired import PairedResult, run_paired, swapped
 from ._servers import BenchError
 from ._tvt import bench_threads_vs_tasks
 
@@ -28,4 +28,5 @@ __all__ = [
     "bench_threads_vs_tasks",
     "run_load",
     "run_paired",
+    "swapped",
 ]
