@@ -23,8 +23,8 @@ checkouts side by side::
         --b 'exec python -m triosrv listen --port 0 --backend epoll'
 
 (``python -m`` imports the package of the directory it starts in.) The same server on
-both sides gives 0.99-1.01 per 10 s run on the machine this was written on; a change
-worth less than that does not show. Loopback only; both servers are stopped by pid.
+both sides gave 0.987-1.026 per 10 s run on the machine this was written on; a change
+worth less than that needs several runs to show. Loopback only; both servers are stopped by pid.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Why: on a shared machine the rate one server gets swings by 10-30% from one 100 
 the next (other tenants on the host, the CPU's clock); two runs of the *same* server a
 few seconds apart differ by as much. A ratio of two such runs needs dozens of rounds
 before a difference of a few percent shows. Measured this way instead, the same server
-against itself gives 0.99-1.01 from one 10 s run on the machine this was written on.
+against itself gives within 1-3% of 1.0 from one 10 s run on the machine this was
+written on.
 
 How: the C engine (``_cload.c``, paired mode) keeps ``connections`` connections open to
 each server and cuts the measured time into windows of ``window`` seconds that alternate
@@ -15,7 +16,7 @@ of the A windows on either side of it, which cancels any drift slower than a win
 the figure is the median of those ratios, with its quartiles for the spread.
 
 Which server is A matters a little: the same server against itself gave B/A between
-0.987 and 1.026 over 14 runs of 10 s, median 1.007. `swapped` combines a run with the
+0.987 and 1.026 over 11 runs of 10 s, median 1.006. `swapped` combines a run with the
 two the other way round, so that whatever favours one side cancels.
 
 Both servers should run on the same CPU (the caller pins them): then each gets the same
