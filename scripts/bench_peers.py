@@ -65,7 +65,8 @@ CONNECT_TIMEOUT = 10.0  # plain trio.serve_tcp needs seconds for a 1000-client b
 PAIRED_WINDOW = 0.2  # seconds; long enough for 1000 connections to get going
 BASELINES = ("trio.serve_tcp", "asyncio streams")
 # The targets: (candidate, reference, the connection counts it applies to or
-# None for all); each is checked on the median of the per-round ratios.
+# None for all); each is checked in paired windows (see the docstring), or with
+# --paired 0 on the median of the per-round ratios.
 TARGETS = (
     ("triosrv epoll", "uvloop Protocol", (50, 1000)),
     ("triosrv default", "trio.serve_tcp", None),
@@ -182,7 +183,7 @@ def run_all(
         if args.paired:
             try:
                 paired = run_paired_targets(servers, args)
-            except LoadEngineError as exc:  # no C compiler: the per-round ratios stand
+            except LoadEngineError as exc:  # the C engine cannot run: the rounds stand
                 print(f"bench_peers: no paired windows: {exc}", file=sys.stderr)
     return results, paired
 

@@ -313,7 +313,7 @@ def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets(
     assert target["ratio"] == windows["ratio"]
     # Both halves count, the second one inverted (there the candidate was A).
     assert (
-        windows["ratios"]
+        windows["windows_compared"]
         == len(windows["reference_first"]["windows"]) // 2
         + len(windows["candidate_first"]["windows"]) // 2
     )

@@ -83,11 +83,7 @@ class PairedResult:
     @property
     def quartiles(self) -> tuple[float, float] | None:
         """The first and third quartiles of `ratios` (None with fewer than two)."""
-        ratios = self.ratios
-        if len(ratios) < 2:
-            return None
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
-        return q1, q3
+        return _quartiles(self.ratios)
 
     def to_dict(self) -> dict[str, object]:
         """Plain values for JSON, the derived figures included."""
@@ -110,18 +106,26 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _quartiles(values: list[float]) -> tuple[float, float] | None:
+    if len(values) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
 def swapped(forward: PairedResult, backward: PairedResult) -> dict[str, object]:
     """B/A from ``forward`` (A, B) and ``backward`` (the same two as B, A) together.
 
     The figures of both runs' ratios, ``backward``'s inverted: ``ratio`` (the median),
-    ``quartiles`` (None with fewer than two) and ``ratios`` (how many there were).
+    ``quartiles`` (None with fewer than two) and ``windows_compared`` (how many B windows
+    had an A window beside them, both runs together).
     """
     ratios = forward.ratios + [1 / r for r in backward.ratios if r > 0]
-    quartiles = None
-    if len(ratios) >= 2:
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
-        quartiles = (q1, q3)
-    return {"ratio": _median(ratios), "quartiles": quartiles, "ratios": len(ratios)}
+    return {
+        "ratio": _median(ratios),
+        "quartiles": _quartiles(ratios),
+        "windows_compared": len(ratios),
+    }
 
 
 def run_paired(
