@@ -183,9 +183,14 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float) -> Any:
             f"{_first_line(err.decode(errors='replace'))}"
         )
     try:
-        doc = json.loads(out)
-        _worker_stats(doc)  # every field it needs is there
-        return doc
+        return json.loads(out)
+    except ValueError as exc:
+        raise LoadEngineError(f"the C load engine printed no valid result: {exc}") from None
+
+
+def _stats(doc: Any) -> WorkerStats:
+    try:
+        return _worker_stats(doc)
     except (ValueError, KeyError, TypeError) as exc:
         raise LoadEngineError(f"the C load engine printed no valid result: {exc}") from None
 
@@ -243,7 +248,7 @@ def run_c_engine(
             procs.append(_spawn(binary, [*common, "-c", str(share)]))
         # One after the other is enough: a process writes its result only after its
         # measured window, so waiting on one never slows another's measurement.
-        return [_worker_stats(_collect(proc, deadline)) for proc in procs]
+        return [_stats(_collect(proc, deadline)) for proc in procs]
     finally:
         _reap(procs)
 
@@ -284,4 +289,4 @@ def run_c_paired(
         windows = [(int(g), int(n), float(t)) for g, n, t in doc["windows"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise LoadEngineError(f"the C load engine printed no valid windows: {exc}") from None
-    return _worker_stats(doc), windows
+    return _stats(doc), windows
