@@ -277,9 +277,13 @@ def test_bare_epoll_peer_echoes_exactly_through_partial_sends() -> None:
         assert received == payload
 
 
-def _run_peers(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(REPO / "scripts" / "bench_peers.py"), *args]
+def _run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(REPO / "scripts" / name), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _run_peers(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run_script("bench_peers.py", *args)
 
 
 @pytest.mark.parametrize("paired", ["0", "0.6"])
@@ -329,16 +333,10 @@ def test_bench_peers_refuses_an_unknown_server_in_one_line() -> None:
 @pytest.mark.skipif(_cengine.find_compiler() is None, reason="no C compiler here")
 def test_bench_paired_compares_two_commands_both_ways_round() -> None:
     bare = f"exec {sys.executable} {REPO / 'scripts' / 'peers' / 'bare_epoll.py'}"
-    command = [sys.executable, str(REPO / "scripts" / "bench_paired.py")]
-    done = subprocess.run(
-        [
-            *(*command, "--a", bare, "--b", bare, "--runs", "2", "--duration", "0.8"),
-            *("--connections", "3", "--window", "0.1", "--json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = _run_script(
+        "bench_paired.py",
+        *("--a", bare, "--b", bare, "--runs", "2", "--duration", "0.8"),
+        *("--connections", "3", "--window", "0.1", "--json"),
     )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -354,13 +352,8 @@ def test_bench_paired_compares_two_commands_both_ways_round() -> None:
 
 
 def test_bench_paired_names_a_server_that_does_not_start() -> None:
-    command = [sys.executable, str(REPO / "scripts" / "bench_paired.py")]
-    done = subprocess.run(
-        [*command, "--a", "exit 3", "--b", "exit 3", "--runs", "1", "--duration", "0.2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = _run_script(
+        "bench_paired.py", "--a", "exit 3", "--b", "exit 3", "--runs", "1", "--duration", "0.2"
     )
     assert done.returncode == 1
     assert done.stderr.startswith("bench_paired: ")
