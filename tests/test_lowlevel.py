@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import trio
@@ -17,12 +18,15 @@ from triosrv.lowlevel import (
     PEER_CLOSED,
     READABLE,
     WRITABLE,
+    ConnectionRecord,
     EpollMultiplexer,
+    EventLoop,
     Multiplexer,
     PollMultiplexer,
     SelectMultiplexer,
     TryEveryFd,
 )
+from triosrv.protocols import Echo, Protocol
 
 MULTIPLEXERS: list[Callable[[], Multiplexer]] = [
     SelectMultiplexer,
@@ -328,6 +332,216 @@ async def test_try_every_fd_reports_everything_and_sleeps_when_idle() -> None:
     assert trio.current_time() - start < 0.1
     assert poller.poll_now() == []
     poller.close()
+
+
+# -- the loop's passes --------------------------------------------------------------
+
+
+class _Host:
+    """A LoopHost that admits every socket handed to it and notes what happens."""
+
+    def __init__(self, *, sndbuf: int | None = None) -> None:
+        self.sndbuf = sndbuf
+        self.events: list[str] = []
+
+    def should_accept(self) -> bool:
+        return True
+
+    def admit(self, sock: socket.socket, addr: object) -> tuple[str, str] | None:
+        sock.setblocking(False)
+        if self.sndbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+        return ("peer", "local")
+
+    def opened(self, conn: ConnectionRecord) -> None:
+        self.events.append("opened")
+
+    def closed(self, conn: ConnectionRecord) -> None:
+        self.events.append("closed")
+
+    def failed(self, conn: ConnectionRecord, exc: Exception) -> None:
+        raise exc
+
+    def broken(self, conn: ConnectionRecord, exc: OSError) -> None:
+        self.events.append(f"broken: {os.strerror(exc.errno or 0)}")
+
+    def accept_failed(self, listener: socket.socket, exc: OSError) -> float:
+        raise exc
+
+    def refused(self, sock: socket.socket, fd_limit: int) -> None:
+        raise AssertionError("no fd limit here")
+
+
+class _HandOut:
+    """Stands in for a listener: accept() hands out the given sockets, in order, so a
+    test can queue bytes on a connection before the loop first looks at it."""
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self._socks = socks
+        self._readable, self._bell = socket.socketpair()
+        self._bell.send(b"!")  # never read: the fd stays readable
+
+    def fileno(self) -> int:
+        return self._readable.fileno()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if not self._socks:
+            raise BlockingIOError
+        return self._socks.pop(0), None
+
+    def close(self) -> None:
+        self._readable.close()
+        self._bell.close()
+
+
+class _EveryFdTwice(EpollMultiplexer):
+    """Edge-triggered epoll that reports each connection fd twice in a batch, as a pass
+    does when an fd the last pass left ready (the loop's ``_again``) has a new edge too."""
+
+    def __init__(self, listener_fd: int) -> None:
+        super().__init__(edge_triggered=True)
+        self._listener_fd = listener_fd
+
+    def _twice(self, ready: lowlevel._multiplexers.Ready) -> lowlevel._multiplexers.Ready:
+        return [item for item in ready for _ in range(1 if item[0] == self._listener_fd else 2)]
+
+    async def wait(self, timeout: float | None = None) -> lowlevel._multiplexers.Ready:
+        return self._twice(await super().wait(timeout))
+
+    def poll_now(self) -> lowlevel._multiplexers.Ready:
+        return self._twice(super().poll_now())
+
+
+async def _serve_until(
+    done: Callable[[], Awaitable[None]],
+    socks: list[socket.socket],
+    protocol_factory: Callable[[], Protocol],
+    host: _Host,
+    *,
+    twice: bool,
+) -> None:
+    # Serve ``socks`` (the loop's ends of socketpairs) with an EventLoop until ``done``
+    # returns; the loop closes them when cancelled.
+    listener = _HandOut(socks)
+    mux = _EveryFdTwice(listener.fileno()) if twice else EpollMultiplexer(edge_triggered=True)
+    loop = EventLoop(host, mux, [listener], protocol_factory)  # type: ignore[list-item]
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(loop.run)
+                await done()
+                nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
+
+
+async def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        await trio.lowlevel.wait_readable(sock)
+        chunk = sock.recv(65536)
+        assert chunk, f"EOF after {len(got)} of {size} bytes"
+        got += chunk
+    return bytes(got)
+
+
+async def test_loop_reply_that_does_not_fit_keeps_the_next_one_of_its_pass_behind_it() -> None:
+    # Two full receives of one connection in one pass, so two replies wait together;
+    # the first does not fit in the small send buffer, so the second must queue behind
+    # its unsent tail, not be written ahead of it.
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    payload = bytes(range(256)) * 800  # > two receives of 64 KiB, all queued up front
+    assert peer.send(payload) == len(payload)
+    host = _Host(sndbuf=4096)
+    echoed = b""
+
+    async def read_the_echo() -> None:
+        nonlocal echoed
+        echoed = await _receive_exactly(peer, len(payload))
+
+    try:
+        await _serve_until(read_the_echo, [ours], Echo, host, twice=True)
+    finally:
+        peer.close()
+    assert echoed == payload
+    assert host.events == ["opened", "closed"]
+
+
+async def test_loop_reply_of_a_connection_that_broke_in_its_pass_is_dropped_once() -> None:
+    ours, peer = socket.socketpair()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    assert peer.send(bytes(2 * 65536)) == 2 * 65536
+    peer.close()  # the bytes stay readable; the replies meet a closed peer
+    host = _Host()
+
+    async def until_closed() -> None:
+        while "closed" not in host.events:
+            await trio.sleep(0.001)
+
+    await _serve_until(until_closed, [ours], Echo, host, twice=True)
+    assert host.events == ["opened", f"broken: {os.strerror(errno.EPIPE)}", "closed"]
+
+
+async def test_loop_sends_a_reply_of_its_pass_before_the_eof_that_follows_it() -> None:
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    peer.send(b"hello")
+    peer.shutdown(socket.SHUT_WR)
+    host = _Host()
+    got: list[bytes] = []
+
+    async def read_to_eof() -> None:
+        while True:
+            await trio.lowlevel.wait_readable(peer)
+            got.append(peer.recv(100))
+            if not got[-1]:
+                return
+
+    try:
+        await _serve_until(read_to_eof, [ours], Echo, host, twice=True)
+    finally:
+        peer.close()
+    assert b"".join(got) == b"hello"
+    assert host.events == ["opened", "closed"]
+
+
+async def test_loop_sends_each_slice_of_replies_before_reading_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lowlevel._loop, "REPLY_BATCH", 4)
+    pairs = [socket.socketpair() for _ in range(8)]
+    peers = [peer for _, peer in pairs]
+    for peer in peers:
+        peer.setblocking(False)
+        peer.send(b"ping")
+    answered_before: list[int] = []  # per answer() call: peers that had their reply
+
+    class Watching(Echo):
+        def answer(self, data: bytes, max_bytes: int) -> bytes | None:
+            answered_before.append(sum(1 for p in peers if _has_bytes(p)))
+            return super().answer(data, max_bytes)
+
+    async def read_all() -> None:
+        for peer in peers:
+            assert await _receive_exactly(peer, 4) == b"ping"
+
+    try:
+        await _serve_until(read_all, [ours for ours, _ in pairs], Watching, _Host(), twice=False)
+    finally:
+        for peer in peers:
+            peer.close()
+    # One pass saw all eight: the first slice's four replies went out together,
+    # after its four receives and before the next slice's.
+    assert answered_before == [0, 0, 0, 0, 4, 4, 4, 4]
+
+
+def _has_bytes(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
 
 
 # -- interruptible threads --------------------------------------------------------------
