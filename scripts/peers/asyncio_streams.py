@@ -25,7 +25,8 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 async def main(port: int) -> None:
     """Serve echo on 127.0.0.1 forever."""
-    server = await asyncio.start_server(echo, "127.0.0.1", port)
+    # backlog: see BACKLOG in asyncio_protocol.py.
+    server = await asyncio.start_server(echo, "127.0.0.1", port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]
     print(f"listening on tcp://127.0.0.1:{bound}", file=sys.stderr, flush=True)
     async with server:
