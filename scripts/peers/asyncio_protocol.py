@@ -13,7 +13,6 @@ import asyncio
 import sys
 from typing import cast
 
-
 # asyncio's default backlog is 100: 1000 connections made at once overflow it, and the
 # connects it drops come back only with the SYN retries (1 s, 3 s, 7 s later), some
 # after the warm-up, into the measured windows. The bare epoll loop listens with 1024
