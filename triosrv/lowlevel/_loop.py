@@ -93,14 +93,15 @@ ACCEPT_BATCH = 256
 PASSES_PER_CHECKPOINT = 16
 PASSES_TIME = 0.002
 # Fds handled before the fast path's replies go out. A pass receives and answers a
-# slice of ready fds first and then makes the slice's sends one after the other: the
-# same syscall in a row keeps its kernel code in the CPU's caches, and the peer is
-# woken once for a burst of replies rather than once per reply (the load generator's
-# voluntary context switches per 1000 round trips at 50 connections: 5-17 against
-# 21-29). Paired windows against sending each reply at once (scripts/bench_paired.py
-# --runs 8, echo 64 B): +0.7% at 50 connections, +2.3% at 1000. The bound keeps what
-# waits in memory small (at most this many receives of recv_size bytes) and the first
-# reply's wait short (the slice's receives: tens of microseconds).
+# slice of ready fds first and then makes the slice's sends one after the other, so
+# the peer is woken once for a burst of replies rather than once per reply (the load
+# generator's voluntary context switches per 1000 round trips at 50 connections: 5-17
+# against 21-29), and the same syscall runs back to back. Paired windows against
+# sending each reply at once (scripts/bench_paired.py --runs 8, echo 64 B): +0.7% at
+# 50 connections, +2.3% at 1000; slices of 8 and 16 were slower than 64 at 50. The
+# bound keeps what waits in memory small (at most this many receives of recv_size
+# bytes) and the first reply's wait short (the slice's receives and answers, a few
+# microseconds each).
 REPLY_BATCH = 64
 
 
