@@ -6,9 +6,13 @@ They check the shape of what each tool prints and that it cleans up (the autouse
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import random
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -275,6 +279,40 @@ def test_bare_epoll_peer_echoes_exactly_through_partial_sends() -> None:
             sock.shutdown(socket.SHUT_WR)
             assert sock.recv(1) == b""  # EOF answered with EOF
         assert received == payload
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [["asyncio_streams.py"], ["asyncio_protocol.py"], ["asyncio_protocol.py", "--uvloop"]],
+    ids=" ".join,
+)
+def test_asyncio_peers_hold_a_burst_of_connects_in_their_backlog(peer: list[str]) -> None:
+    # bench_peers opens up to 1000 connections at once. With the server stopped (so
+    # that it accepts none), every connect the listen backlog holds completes at once;
+    # with asyncio's default backlog of 100 only 101 of these 300 would (the others'
+    # SYNs are dropped until a retry a second later).
+    command = [sys.executable, str(REPO / "scripts" / "peers" / peer[0]), *peer[1:]]
+    with running_server(peer[0], command, None) as server:
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(300):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.setblocking(False)
+                assert sock.connect_ex(("127.0.0.1", server.port)) == errno.EINPROGRESS
+            pending = set(socks)
+            deadline = time.monotonic() + 0.5  # before any SYN retry (1 s)
+            while pending and time.monotonic() < deadline:
+                _, done, _ = select.select([], list(pending), [], 0.05)
+                pending.difference_update(done)
+            connected = [s for s in socks if s not in pending]
+            assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in connected)
+            assert len(connected) == 300
+        finally:
+            for sock in socks:
+                sock.close()
+            os.kill(server.proc.pid, signal.SIGCONT)
 
 
 def _run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
