@@ -32,7 +32,7 @@ from collections.abc import Mapping
 import attrs
 
 from ._cengine import engine_binary, run_c_paired
-from ._load import _loopback_address, _raise_fd_limit
+from ._load import _check_counts, _loopback_address, _raise_fd_limit
 
 __all__ = ["PairedResult", "run_paired", "swapped"]
 
@@ -153,8 +153,7 @@ def run_paired(
     """
     _family, address = _loopback_address(host, port_a)
     _loopback_address(host, port_b)
-    if connections < 1 or size < 1:
-        raise ValueError("connections and size must be at least 1")
+    _check_counts(connections, size, 1, 1)
     if duration <= 0 or window <= 0 or warmup < 0 or connect_timeout <= 0:
         raise ValueError("duration, window and connect_timeout must be > 0 and warmup >= 0")
     _raise_fd_limit(2 * connections + 64)
