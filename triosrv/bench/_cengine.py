@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -122,8 +123,14 @@ def engine_binary() -> Path:
     """Build the C engine if needed and return its path.
 
     Raises LoadEngineError (one line: what is missing or the compiler's first error
-    line) when there is no compiler, the build fails or the binary cannot run.
+    line) when the platform has no epoll (the program is written against Linux's
+    ``<sys/epoll.h>``), there is no compiler, the build fails or the binary cannot run.
     """
+    if not hasattr(select, "epoll"):  # Python's select module has epoll exactly on Linux
+        raise LoadEngineError(
+            "the C load engine needs epoll (Linux); this platform has none: "
+            "use the Python engine (--engine python)"
+        )
     compiler = find_compiler()
     if compiler is None:
         raise LoadEngineError(

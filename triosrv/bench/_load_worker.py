@@ -6,7 +6,8 @@ The generator must be cheaper than the server it measures, or the figures descri
 generator. So it does not run on trio or asyncio: it is one level-triggered
 ``select.epoll`` loop over non-blocking sockets, with the per-round-trip work inlined in
 one hot function (`_Worker.pump`) and everything rare (connect completion, partial sends,
-failures) moved to helpers.
+failures) moved to helpers. Where there is no epoll (macOS, the BSDs) the same loop runs
+over ``select.poll`` (`_PollSet`), whose event bits are the same numbers.
 
 Each connection keeps ``pipeline`` messages of ``size`` bytes in flight. The echo is
 checked without buffering: the bytes a connection should receive next are always a slice
@@ -42,9 +43,11 @@ import attrs
 
 __all__ = ["Plan", "WorkerStats", "run_worker"]
 
-_EPOLLIN = select.EPOLLIN
-_EPOLLOUT = select.EPOLLOUT
-_EPOLL_TROUBLE = select.EPOLLERR | select.EPOLLHUP
+# poll's event bits. epoll's are the same numbers (IN 1, OUT 4, ERR 8, HUP 16), so one set
+# serves both pollers; naming them from poll keeps this module importable without epoll.
+_EPOLLIN = select.POLLIN
+_EPOLLOUT = select.POLLOUT
+_EPOLL_TROUBLE = select.POLLERR | select.POLLHUP
 _SAMPLE_CAP = 1 << 18  # latency samples kept per worker (2 MiB of doubles)
 _POLL_SLICE = 0.1  # longest single epoll wait, so deadlines are checked often enough
 _WARMUP_SLICE = 0.01  # the warm-up re-checks "every connection echoed" this often
@@ -101,12 +104,42 @@ def _errno_kind(op: str, exc: OSError | int) -> str:
     return f"{op}:{errno.errorcode.get(code, str(code))}"
 
 
+class _PollSet:
+    """``select.poll`` behind epoll's method names, for a platform without epoll.
+
+    Only the wait differs: epoll's timeout is in seconds, poll's in milliseconds.
+    """
+
+    def __init__(self) -> None:
+        self._poller = select.poll()
+
+    def register(self, fd: int, events: int) -> None:
+        self._poller.register(fd, events)
+
+    def modify(self, fd: int, events: int) -> None:
+        self._poller.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        self._poller.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._poller.poll(timeout * 1000.0)
+
+    def close(self) -> None:
+        pass  # poll keeps no kernel object
+
+
+def _open_poller() -> select.epoll | _PollSet:
+    # epoll where the platform has it (Linux): the kernel keeps the set between waits.
+    return select.epoll() if hasattr(select, "epoll") else _PollSet()
+
+
 class _Worker:
     """One epoll loop over a share of the connections; owns and closes its sockets."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.epoll = select.epoll()
+        self.epoll = _open_poller()
         self.conns: dict[int, _Conn] = {}
         self.payload = plan.payload
         self.size = len(plan.payload)
