@@ -21,8 +21,9 @@ own:
   thread (under load something is nearly always ready, and no thread is needed); when
   nothing is, the blocking call runs in a worker thread
   (:func:`~triosrv.lowlevel.run_sync_interruptible`). Every call also watches a private
-  wake-up fd (an eventfd): cancelling the wait writes to it, the syscall returns, the
-  thread is joined, then ``Cancelled`` is raised -- in well under a millisecond.
+  wake-up fd (an eventfd; a pipe where there is none, as on macOS and the BSDs):
+  cancelling the wait writes to it, the syscall returns, the thread is joined, then
+  ``Cancelled`` is raised -- in well under a millisecond.
 
 ``select()`` cannot watch an fd numbered at or above ``FD_SETSIZE`` (1024);
 :meth:`SelectMultiplexer.register` refuses one with a ``ValueError`` instead of letting
@@ -43,6 +44,7 @@ import abc
 import math
 import os
 import select
+import sys
 from typing import ClassVar
 
 import trio
@@ -101,7 +103,8 @@ class Multiplexer(abc.ABC):
         self._woken = False
         self._closed = False
         # -1 for a subclass that never blocks in a syscall and needs no wake-up fd.
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) if wake_fd else -1
+        # _wake_fd is the end the syscall watches, _wake_write_fd the end wakeup() writes.
+        self._wake_fd, self._wake_write_fd = _open_wakeup() if wake_fd else (-1, -1)
 
     def __len__(self) -> int:
         """How many fds are registered (the private wake-up fd not counted)."""
@@ -151,7 +154,7 @@ class Multiplexer(abc.ABC):
         """
 
     def _drop_wakeup(self, ready: Ready) -> Ready:
-        # After wakeup(): reset the eventfd and keep it out of the caller's list.
+        # After wakeup(): reset the wake-up fd and keep it out of the caller's list.
         self._consume_wakeup()
         wake_fd = self._wake_fd
         return [pair for pair in ready if pair[0] != wake_fd]
@@ -160,14 +163,16 @@ class Multiplexer(abc.ABC):
         """Make the current or next :meth:`wait` return soon (from a trio task)."""
         if not self._woken:
             self._woken = True
-            os.eventfd_write(self._wake_fd, 1)
+            os.write(self._wake_write_fd, _WAKE_BYTES)  # an eventfd adds 1 to its counter
 
     def _consume_wakeup(self) -> None:
         self._woken = False
         try:
-            os.eventfd_read(self._wake_fd)
+            # One read empties either kind: an eventfd's counter, or the pipe, which
+            # holds at most one wake-up's byte (_woken guards the writes).
+            os.read(self._wake_fd, 8)
         except BlockingIOError:
-            pass  # already read: the counter was 0
+            pass  # already read: nothing was pending
 
     def close(self) -> None:
         """Release the kernel objects (idempotent). Registered fds stay open."""
@@ -177,6 +182,8 @@ class Multiplexer(abc.ABC):
         self._close()
         if self._wake_fd != -1:
             os.close(self._wake_fd)
+        if self._wake_write_fd not in (-1, self._wake_fd):
+            os.close(self._wake_write_fd)
 
     def _close(self) -> None:  # noqa: B027 - only epoll holds a kernel object
         pass
@@ -291,6 +298,25 @@ class EpollMultiplexer(Multiplexer):
         self.last_watched = len(self._interest) + 1
 
 
+# eventfd's write is an 8-byte native-endian counter increment; a pipe takes the same bytes.
+_WAKE_BYTES = (1).to_bytes(8, sys.byteorder)
+
+
+def _open_wakeup() -> tuple[int, int]:
+    """A non-blocking close-on-exec wake-up channel: (the fd to watch, the fd to write).
+
+    An eventfd (one fd, Linux) where there is one, else a pipe (POSIX): the portable
+    shape Twisted and libuv use on macOS and the BSDs.
+    """
+    if hasattr(os, "eventfd"):
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        return fd, fd
+    read_fd, write_fd = os.pipe()  # non-inheritable (PEP 446)
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    return read_fd, write_fd
+
+
 class _ThreadedMultiplexer(Multiplexer):
     """A multiplexer whose blocking call runs in a worker thread (select, poll)."""
 
@@ -348,7 +374,7 @@ class SelectMultiplexer(_ThreadedMultiplexer):
     def __init__(self) -> None:
         super().__init__()
         if self._wake_fd >= FD_SETSIZE:
-            os.close(self._wake_fd)
+            self.close()
             raise ValueError(f"select() needs a free fd below FD_SETSIZE ({FD_SETSIZE})")
         self._readers: list[int] = [self._wake_fd]
         self._writers: list[int] = []
