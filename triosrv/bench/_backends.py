@@ -208,10 +208,14 @@ def measure_backend(
 
 
 def pinned_here(cpu: int | None) -> Callable[[], None]:
-    """Pin this process to ``cpu``; return the function that restores its affinity."""
+    """Pin this process to ``cpu``; return the function that restores its affinity.
+
+    ``cpu`` None (no pinning, as `plan_cpus` says where the platform cannot pin) changes
+    nothing and restores nothing."""
+    if cpu is None:
+        return lambda: None
     before = os.sched_getaffinity(0)
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+    os.sched_setaffinity(0, {cpu})
     return lambda: os.sched_setaffinity(0, before)
 
 

@@ -31,6 +31,7 @@ from types import MappingProxyType
 
 import attrs
 
+from .._platform import usable_cpu_count
 from ._cengine import ENGINES, LoadEngineError, engine_binary, run_c_engine
 from ._load_worker import Plan, WorkerStats, run_worker
 
@@ -191,7 +192,7 @@ def _merge(stats: list[WorkerStats | None], *, size: int, pipeline: int, engine:
         errors["worker_failed"] = len(stats) - len(done)
     window = max((s.window for s in done), default=0.0)
     cpu = sum(s.cpu_seconds for s in done)
-    usable = min(len(stats), len(os.sched_getaffinity(0)))
+    usable = min(len(stats), usable_cpu_count())
     p50, p90, p99, p999, top = _percentiles(_merged_samples(done)) if done else [0.0] * 5
     return LoadResult(
         connections=sum(s.connections for s in done),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, TextIO
 
+from .._platform import usable_cpu_count
 from ._load import LoadResult, run_load
 from ._report import fmt, progress
 
@@ -25,7 +25,7 @@ def parse_target(text: str) -> tuple[str, int]:
 
 def load_lines(target: str, result: LoadResult, warmup: float) -> list[str]:
     """The human report of one load run."""
-    usable = min(result.processes, len(os.sched_getaffinity(0)))
+    usable = min(result.processes, usable_cpu_count())
     share = result.cpu_seconds / result.duration / usable if result.duration > 0 else None
     process_word = "process" if result.processes == 1 else "processes"
     lines = [

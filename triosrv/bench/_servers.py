@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import attrs
 
+from .._platform import can_pin, cpu_affinity, usable_cpu_count
 from ._load import resolve_engine
 
 __all__ = [
@@ -114,8 +115,12 @@ def listen_has_backend() -> bool:
 
 
 def plan_cpus() -> tuple[int, int] | None:
-    """Return (server CPU, load CPU), or None when there is only one CPU to use."""
-    cpus = sorted(os.sched_getaffinity(0))
+    """Return (server CPU, load CPU), or None when there is only one CPU to use or the
+    platform cannot pin (no CPU affinity: macOS, most BSDs); then everything runs unpinned."""
+    affinity = cpu_affinity()
+    if affinity is None or not can_pin():
+        return None
+    cpus = sorted(affinity)
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
 
 
@@ -267,7 +272,7 @@ def machine_facts(cpus: tuple[int, int] | None, *, with_engine: bool = False) ->
         load = None
     facts: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
+        "usable_cpus": usable_cpu_count(),
         "cpu_model": _cpu_model(),
         "load_average_1m": load,
         "python": platform.python_version(),
@@ -275,11 +280,18 @@ def machine_facts(cpus: tuple[int, int] | None, *, with_engine: bool = False) ->
         "kernel": f"{platform.system()} {platform.release()}",
         "servers_on_cpu": cpus[0] if cpus else None,
         "load_on_cpu": cpus[1] if cpus else None,
-        "pinned_with": "taskset" if shutil.which("taskset") else "sched_setaffinity",
+        "pinned_with": _pinning_tool(),
     }
     if with_engine:
         facts["load_engine"] = resolve_engine()
     return facts
+
+
+def _pinning_tool() -> str:
+    # What pins the servers here; "unavailable" where the platform has no CPU affinity.
+    if not can_pin():
+        return "unavailable"
+    return "taskset" if shutil.which("taskset") else "sched_setaffinity"
 
 
 def _cpu_model() -> str | None:
@@ -303,7 +315,9 @@ def machine_lines(m: dict[str, Any]) -> list[str]:
         + (f", load average {load:.2f} at start" if load is not None else ""),
     ]
     pin = "none (one usable CPU)"
-    if m["servers_on_cpu"] is not None:
+    if m["pinned_with"] == "unavailable":
+        pin = "none: CPU affinity is unavailable on this platform, everything runs unpinned"
+    elif m["servers_on_cpu"] is not None:
         pin = f"servers on CPU {m['servers_on_cpu']}, load generator on CPU {m['load_on_cpu']}"
     lines.append(f"pinning ({m['pinned_with']}): {pin}")
     if m.get("load_engine"):

@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._platform import can_pin, cpu_affinity
 from ..bench._servers import BenchError, Server, machine_facts, machine_lines, running_server
 from ._config import Target, parse_target
 from ._report import ScenarioResult
@@ -170,7 +171,10 @@ def run_suite(
 
 def _server_cpu(pin: bool) -> int | None:
     # One CPU for the servers, when there are two to share; the rest for us.
-    cpus = sorted(os.sched_getaffinity(0))
+    affinity = cpu_affinity()
+    if affinity is None or not can_pin():  # macOS, most BSDs: the servers run unpinned
+        return None
+    cpus = sorted(affinity)
     return cpus[0] if pin and len(cpus) >= 2 else None
 
 
