@@ -17,7 +17,7 @@ import click
 import trio
 
 from . import __version__
-from ._backends import check_backend
+from ._backends import available_backends, check_backend, require_backend
 from ._config import BACKENDS as SERVER_BACKENDS
 from ._config import Limits, ServerConfig, Timeouts, parse_bind
 from ._errors import BindError, ConfigError
@@ -286,6 +286,7 @@ def main() -> None:
 )
 def listen(**opts: Any) -> None:
     """Run a server until SIGINT or SIGTERM (graceful drain; a second signal cancels)."""
+    _require_backend(opts["backend"])
     try:
         handler = load_handler(opts["handler_spec"])
     except ValueError as exc:
@@ -417,6 +418,15 @@ def _check_metrics_option(value: str) -> None:
         require_extra("metrics", "prometheus_client", "h11")
     except DiagnosticsError as exc:
         _fail(str(exc))
+
+
+def _require_backend(name: str) -> None:
+    # A backend this platform cannot run (epoll off Linux): one line, exit 2.
+    try:
+        require_backend(name)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 def _fail(message: str) -> NoReturn:
@@ -700,7 +710,7 @@ def bench_load_command(**opts: Any) -> None:
     "names",
     multiple=True,
     type=click.Choice(BACKENDS),
-    help="Repeatable; default all.",
+    help="Repeatable; default all that run on this platform.",
 )
 @click.option(
     "--connections", metavar="C,C,...", default=None, help="Echo loads (default 1,50,1000)."
@@ -724,8 +734,12 @@ def bench_backends_command(
             raise click.BadParameter(
                 "expected comma-separated counts, e.g. 1,50,1000", param_hint="'--connections'"
             ) from None
+    for name in names:
+        _require_backend(name)
     try:
-        bench_backends(names or BACKENDS, plan, as_json=as_json, plot=plot, out=sys.stdout)
+        bench_backends(
+            names or available_backends(), plan, as_json=as_json, plot=plot, out=sys.stdout
+        )
     except (BenchError, RuntimeError) as exc:
         _fail(str(exc))
 

@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+import select
 from typing import TYPE_CHECKING
 
-from .._config import ServerConfig
+from .._config import BACKENDS, ServerConfig
 from .._errors import ConfigError
 from ._base import Backend
 from ._blocking import BlockingBackend
@@ -27,7 +28,15 @@ if TYPE_CHECKING:
     from .._handlers import Handler
     from .._server import Server
 
-__all__ = ["Backend", "TrioBackend", "check_backend", "make_backend"]
+__all__ = [
+    "Backend",
+    "TrioBackend",
+    "available_backends",
+    "check_backend",
+    "make_backend",
+    "missing_feature",
+    "require_backend",
+]
 
 _BY_NAME: dict[str, type[Backend]] = {
     cls.name: cls
@@ -43,15 +52,47 @@ _BY_NAME: dict[str, type[Backend]] = {
 }
 
 
+# The backends that need more than trio and POSIX sockets, and what: the select module
+# has epoll on Linux only, and poll on every POSIX system (not on Windows). Found by
+# feature detection, so a platform that gains one gains the backend.
+_NEEDS_SELECT = {"epoll": "epoll", "poll": "poll"}
+
+
+def missing_feature(backend: str) -> str | None:
+    """What this platform lacks to run ``backend`` (e.g. ``"select.epoll"``), or None."""
+    needed = _NEEDS_SELECT.get(backend)
+    if needed is None or hasattr(select, needed):
+        return None
+    return f"select.{needed}"
+
+
+def available_backends() -> list[str]:
+    """The backends this platform can run, in :data:`~triosrv._config.BACKENDS` order."""
+    return [name for name in BACKENDS if missing_feature(name) is None]
+
+
+def require_backend(backend: str) -> None:
+    """Raise :class:`~triosrv.ConfigError` (one line: what is missing, what is available)
+    if this platform cannot run ``backend``."""
+    missing = missing_feature(backend)
+    if missing is not None:
+        raise ConfigError(
+            f"backend: {backend!r} needs {missing}, which this platform lacks; "
+            f"available backends: {', '.join(available_backends())}"
+        )
+
+
 def check_backend(config: ServerConfig, handler: object) -> None:
     """Raise :class:`~triosrv.ConfigError` if ``config.backend`` cannot serve ``handler``.
 
-    Only the ``trio`` backend runs an async handler, and only it runs TLS or the PROXY
-    protocol: the others drive sans-IO protocols on plain sockets themselves, so they
-    need a handler made by :func:`~triosrv.protocol_handler` (the built-in ones, or a
+    The backend must run on this platform (:func:`require_backend`). Only the ``trio``
+    backend runs an async handler, and only it runs TLS or the PROXY protocol: the
+    others drive sans-IO protocols on plain sockets themselves, so they need a handler
+    made by :func:`~triosrv.protocol_handler` (the built-in ones, or a
     :class:`~triosrv.protocols.Protocol` subclass given as ``module:Class``).
     """
     backend = config.backend
+    require_backend(backend)
     if backend == "trio":
         return
     if not callable(getattr(handler, "protocol_factory", None)):
