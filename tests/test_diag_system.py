@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import select
 import subprocess
@@ -13,6 +14,7 @@ import trio
 from click.testing import CliRunner
 
 from triosrv._cli import main
+from triosrv._config import BACKENDS
 from triosrv.diagnostics import render_system, system_facts
 from triosrv.diagnostics._system import fd_setsize, io_manager_name
 
@@ -23,6 +25,8 @@ EXPECTED_FACTS = {
     "cpus",
     "io_manager",
     "multiplexers",
+    "backends",
+    "usable_cpus",
     "fd_setsize",
     "rlimit_nofile_soft",
     "rlimit_nofile_hard",
@@ -49,6 +53,8 @@ def test_system_facts_match_the_linux_machine() -> None:
     assert facts["trio"] == trio.__version__
     assert facts["io_manager"] == "epoll"
     assert {"select", "poll", "epoll"} <= set(facts["multiplexers"])  # type: ignore[arg-type]
+    assert facts["backends"] == list(BACKENDS)  # every backend runs on Linux
+    assert facts["usable_cpus"] == len(os.sched_getaffinity(0))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert facts["rlimit_nofile_soft"] == (None if soft == resource.RLIM_INFINITY else soft)
     assert facts["rlimit_nofile_hard"] == (None if hard == resource.RLIM_INFINITY else hard)

@@ -18,6 +18,9 @@ import sys
 import attrs
 import trio
 
+from .._backends import available_backends, missing_feature
+from .._config import BACKENDS
+from .._platform import cpu_affinity
 from ._table import render_table
 
 # fds the server needs besides its connections: stdio, the listener, trio's wake-up
@@ -65,6 +68,25 @@ def multiplexers() -> list[str]:
     return [
         name for name in ("select", "poll", "epoll", "kqueue", "devpoll") if hasattr(select, name)
     ]
+
+
+def _backends_fact() -> SystemFact:
+    missing = [
+        f"{name} (needs {missing_feature(name)})" for name in BACKENDS if missing_feature(name)
+    ]
+    hint = f"not on this platform: {', '.join(missing)}" if missing else None
+    return SystemFact(name="backends", value=available_backends(), hint=hint)
+
+
+def _cpu_affinity_fact() -> SystemFact:
+    cpus = cpu_affinity()
+    if cpus is None:
+        return SystemFact(
+            name="usable_cpus",
+            value=None,
+            hint="CPU affinity is unavailable on this platform: triosrv bench runs unpinned",
+        )
+    return SystemFact(name="usable_cpus", value=len(cpus))
 
 
 def fd_setsize() -> int:
@@ -124,9 +146,10 @@ def _select_fact(max_connections: int) -> SystemFact:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     hint = None
     if soft == resource.RLIM_INFINITY or soft > size or max_connections + FIXED_FDS > size:
+        others = [name for name in ("epoll", "poll", "trio") if name in available_backends()]
         hint = (
             f"the select backend refuses connections whose fd is {size} or above; "
-            "use epoll or poll for more"
+            f"use {', '.join(others[:-1])} or {others[-1]} for more"
         )
     return SystemFact(name="fd_setsize", value=size, hint=hint)
 
@@ -185,6 +208,8 @@ def system_facts(*, max_connections: int = 1000) -> list[SystemFact]:
         SystemFact(name="cpus", value=os.cpu_count()),
         SystemFact(name="io_manager", value=io_manager_name()),
         SystemFact(name="multiplexers", value=multiplexers()),
+        _backends_fact(),
+        _cpu_affinity_fact(),
         _select_fact(max_connections),
         *_nofile_facts(max_connections),
         _somaxconn_fact(),
