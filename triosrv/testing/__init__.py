@@ -10,12 +10,15 @@
   :mod:`triosrv.testing.pytest_plugin`.
 - :func:`cancellation_sweep`: cancel a scenario before each of its scheduling steps
   in turn and check that only ``Cancelled`` came out and nothing leaked.
+- :func:`platform_env` and :func:`without_proc`: run Python subprocesses as on a
+  platform without epoll, eventfd, CPU affinity and /proc (macOS, the BSDs), on Linux.
 """
 
 from __future__ import annotations
 
 from ._faults import Faults, FaultyStream
 from ._leaks import LeakError, Leaks, Snapshot, check_no_leaks, leaks_since, open_fds
+from ._platform import platform_env, without_proc
 from ._server import RunningServer, open_test_server
 from ._sweep import SweepError, SweepReport, Trial, cancellation_sweep
 
@@ -34,4 +37,6 @@ __all__ = [
     "leaks_since",
     "open_fds",
     "open_test_server",
+    "platform_env",
+    "without_proc",
 ]
