@@ -53,7 +53,7 @@ def test_cli_console_script_and_module_run_the_same_group() -> None:
         (["--max-connections", "0"], "--max-connections"),
         (["--overload", "drop"], "--overload"),
         (["--handler", "nonsense"], "--handler"),
-        (["--bind", "nowhere"], "binds"),
+        (["--bind", "nowhere"], "bind: expected HOST:PORT"),
     ],
 )
 def test_cli_bad_option_exits_2_naming_it(args: list[str], option: str) -> None:

@@ -15,8 +15,9 @@ import pytest
 import trio
 
 import triosrv
-from triosrv._cli import _worker_args, listen
+from triosrv._cli import _given_options, _worker_args, listen
 from triosrv._listeners import open_listeners, reserve_tcp_ports
+from triosrv._options import effective_options
 from triosrv._workers import worker_binds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,7 +228,8 @@ def test_workers_repeat_the_given_options_but_not_the_binds() -> None:
     argv = ["--workers", "3", "--port", "0", "--idle-timeout", "none", "--grace", "5"]
     argv += ["--proxy-protocol", "v2", "--reuse-port", "--control", "/run/t.sock"]
     with listen.make_context("listen", argv) as ctx:
-        args = _worker_args(ctx)
+        options = effective_options(_given_options(ctx))
+    args = _worker_args(options)
     assert args == ["--idle-timeout", "none", "--grace", "5.0", "--proxy-protocol", "v2"]
 
 

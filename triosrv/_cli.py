@@ -17,14 +17,12 @@ import click
 import trio
 
 from . import __version__
-from ._backends import available_backends, check_backend, require_backend
+from ._backends import available_backends, require_backend
 from ._config import BACKENDS as SERVER_BACKENDS
 from ._config import Limits, ServerConfig, Timeouts, parse_bind
 from ._errors import BindError, ConfigError
-from ._handlers import load_handler
-from ._preamble import load_tls_context
+from ._options import DEFAULTS, effective_options, format_options, load_listen
 from ._runner import configure_logging, serve_until_signalled
-from ._systemd import listen_fds
 from ._workers import supervise_until_signalled
 from .bench import (
     BACKENDS,
@@ -284,29 +282,56 @@ def main() -> None:
     is_flag=True,
     help="Serve the sockets systemd passed (LISTEN_FDS); automatic when no bind is given.",
 )
+@click.option(
+    "--config",
+    metavar="FILE",
+    default=None,
+    help="Read options from this TOML file (keys: the long options without dashes, "
+    'e.g. idle-timeout = 30, bind = ["127.0.0.1:8888"]); options given here override it.',
+)
+@click.option(
+    "--check-config",
+    is_flag=True,
+    help="Check the configuration (and import the handler), print it and exit: 0 if "
+    "valid, 2 if not.",
+)
 def listen(**opts: Any) -> None:
-    """Run a server until SIGINT or SIGTERM (graceful drain; a second signal cancels)."""
-    _require_backend(opts["backend"])
+    """Run a server until SIGINT or SIGTERM (graceful drain; a second signal cancels).
+
+    Options can come from a TOML file (--config); those given here override it.
+    """
+    ctx = click.get_current_context()
+    given = _given_options(ctx)
+    options: dict[str, Any]
     try:
-        handler = load_handler(opts["handler_spec"])
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--handler'") from None
-    try:
-        config = _listen_config(opts)
-        check_backend(config, handler)
+        options = effective_options(given, config_file=opts["config"])
+        _require_backend(str(options["backend"]))
+        config, _handler = load_listen(options)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    if opts["metrics"] is not None:
-        _check_metrics_option(opts["metrics"])
-    configure_logging(opts["log_level"], opts["log_format"])
-    if opts["workers"] is not None:
-        sys.exit(_supervise(opts, config))
+        message = str(exc)
+        if message.startswith("handler: ") and "handler" in given:
+            raise click.BadParameter(message[9:], param_hint="'--handler'") from None
+        if opts["config"] is None:
+            raise click.UsageError(message) from None
+        # With a config file, one line that names the key, as nginx -t does.
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    if opts["check_config"]:
+        source = f" (from {opts['config']})" if opts["config"] else ""
+        click.echo(f"# triosrv listen: the configuration is valid{source}")
+        click.echo(format_options(options))
+        return
+    if options["metrics"] is not None:
+        _check_metrics_option(str(options["metrics"]))
+    configure_logging(str(options["log-level"]), str(options["log-format"]))
+    if options["workers"] is not None:
+        sys.exit(_supervise(options, config))
     try:
         trio.run(
             functools.partial(
-                serve_until_signalled, control=opts["control"], metrics=opts["metrics"]
+                serve_until_signalled, control=options["control"], metrics=options["metrics"]
             ),
-            handler,
+            _handler,
             config,
         )
     except BindError as exc:
@@ -314,68 +339,40 @@ def listen(**opts: Any) -> None:
         sys.exit(1)
 
 
-def _listen_config(opts: dict[str, Any]) -> ServerConfig:
-    binds = list(opts["binds"]) + _systemd_binds(opts)
-    if opts["host"] is not None or opts["port"] is not None or not binds:
-        host = opts["host"] or "127.0.0.1"
-        port = 8888 if opts["port"] is None else opts["port"]
-        binds.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    config = ServerConfig(
-        binds=binds,
-        backlog=opts["backlog"],
-        timeouts=Timeouts(
-            idle=opts["idle_timeout"],
-            write=opts["write_timeout"],
-            lifetime=opts["lifetime"],
-            handshake=opts["handshake_timeout"],
-            grace=opts["grace"],
-            min_receive_rate=opts["min_receive_rate"],
-            min_receive_rate_window=opts["min_receive_rate_window"],
-        ),
-        limits=Limits(
-            max_connections=opts["max_connections"],
-            overload=opts["overload"],
-            recv_size=opts["recv_size"],
-        ),
-        handler_errors=opts["on_handler_error"],
-        backend=opts["backend"],
-        nonblocking_interval=opts["nonblocking_interval"],
-        warn_blocking=opts["warn_blocking"],
-        tls_certfile=opts["certfile"],
-        tls_keyfile=opts["keyfile"],
-        proxy_protocol=opts["proxy_protocol"],
-        reuse_port=opts["reuse_port"],
-        **({"proxy_allow_from": opts["proxy_allow_from"]} if opts["proxy_allow_from"] else {}),
-    )
-    if config.tls_certfile is not None:  # a bad file is a usage error, found before serving
-        load_tls_context(config.tls_certfile, config.tls_keyfile)
-    return config
+# Options that shape the command rather than the server.
+_NOT_OPTIONS = {"config", "check_config"}
 
 
-def _systemd_binds(opts: dict[str, Any]) -> list[str]:
-    """The inherited sockets to serve: with --systemd, or when no bind was given."""
-    inherited = [sock.bind for sock in listen_fds()]
-    if opts["systemd"] and not inherited:
-        raise ConfigError("--systemd: no socket was passed (LISTEN_FDS/LISTEN_PID)")
-    explicit = opts["binds"] or opts["host"] is not None or opts["port"] is not None
-    return inherited if opts["systemd"] or not explicit else []
+def _given_options(ctx: click.Context) -> dict[str, object]:
+    """The options set on the command line, keyed as in a config file."""
+    given: dict[str, object] = {}
+    for param in ctx.command.params:
+        name = param.name
+        if not isinstance(param, click.Option) or name is None or name in _NOT_OPTIONS:
+            continue
+        if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        given[param.opts[0].removeprefix("--")] = ctx.params[name]
+    return given
 
 
 # Options the supervisor handles itself rather than repeat to every worker.
-_SUPERVISOR_ONLY = {"binds", "host", "port", "workers", "systemd", "reuse_port", "control"}
+_SUPERVISOR_ONLY = {"bind", "host", "port", "workers", "systemd", "reuse-port", "control"}
 
 
-def _supervise(opts: dict[str, Any], config: ServerConfig) -> int:
-    if opts["metrics"] is not None:
+def _supervise(options: dict[str, object], config: ServerConfig) -> int:
+    if options["metrics"] is not None:
         raise click.UsageError("--metrics serves one process; not supported with --workers")
-    control = opts["control"]
+    control = options["control"]
+    workers = options["workers"]
+    assert isinstance(workers, int)
     try:
         return trio.run(
             functools.partial(
                 supervise_until_signalled,
-                _worker_args(click.get_current_context()),
+                _worker_args(options),
                 config.binds,
-                workers=opts["workers"],
+                workers=workers,
                 grace=config.timeouts.grace,
                 # One control socket per worker: PATH.1, PATH.2, ...
                 per_worker=lambda i: [] if control is None else ["--control", f"{control}.{i}"],
@@ -389,21 +386,16 @@ def _supervise(opts: dict[str, Any], config: ServerConfig) -> int:
         _fail(str(exc))
 
 
-def _worker_args(ctx: click.Context) -> list[str]:
-    """This command's options as given, to be repeated to every worker."""
+def _worker_args(options: dict[str, object]) -> list[str]:
+    """The options that differ from the defaults, as arguments for every worker."""
     args: list[str] = []
-    for param in ctx.command.params:
-        name = param.name
-        if not isinstance(param, click.Option) or name is None or name in _SUPERVISOR_ONLY:
+    for key, value in options.items():
+        if key in _SUPERVISOR_ONLY or value == DEFAULTS[key]:
             continue
-        if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
-            continue
-        values = ctx.params[name] if param.multiple else [ctx.params[name]]
-        for value in values:
-            if param.is_flag:
-                args += [param.opts[0]] if value else param.secondary_opts[:1]
-            else:
-                args += [param.opts[0], "none" if value is None else str(value)]
+        if isinstance(value, bool):
+            args += [f"--{key}"] if value else []
+        else:
+            args += [f"--{key}", "none" if value is None else str(value)]
     return args
 
 
