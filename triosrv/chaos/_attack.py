@@ -10,7 +10,6 @@ the canary's verdict.
 from __future__ import annotations
 
 import math
-import os
 import random
 import resource
 import statistics
@@ -21,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from .._platform import open_fd_numbers
 from ._client import describe, open_socket
 from ._config import ChaosConfig, Target
 
@@ -138,10 +138,7 @@ def fd_budget(wanted: int) -> int:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
-    try:
-        in_use = len(os.listdir("/proc/self/fd"))
-    except FileNotFoundError:  # not Linux: assume a modest number in use
-        in_use = FD_MARGIN
+    in_use = len(open_fd_numbers())
     return max(0, min(wanted, soft - in_use - FD_MARGIN))
 
 

@@ -20,7 +20,7 @@ import trio
 
 from .._backends import available_backends, missing_feature
 from .._config import BACKENDS
-from .._platform import cpu_affinity
+from .._platform import cpu_affinity, fd_target
 from ._table import render_table
 
 # fds the server needs besides its connections: stdio, the listener, trio's wake-up
@@ -110,13 +110,6 @@ def fd_setsize() -> int:
     return high
 
 
-def _fd_target(fd: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except FileNotFoundError:
-        return None
-
-
 def _nofile_facts(max_connections: int) -> list[SystemFact]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     unlimited = resource.RLIM_INFINITY
@@ -186,7 +179,7 @@ def _port_range_fact() -> SystemFact:
 def _stdio_facts() -> list[SystemFact]:
     facts = []
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
-        target = _fd_target(fd)
+        target = fd_target(fd)
         hint = None
         if target is None:
             hint = (

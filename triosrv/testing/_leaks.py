@@ -20,24 +20,22 @@ from collections.abc import Iterator, Mapping
 import attrs
 import trio
 
-_FD_DIRS = ("/proc/self/fd", "/dev/fd")
+from .._platform import fd_target, open_fd_numbers
 
 
 def open_fds() -> dict[int, str]:
-    """This process's open fds and what each points at (``/proc/self/fd``)."""
-    for directory in _FD_DIRS:
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            continue
-        fds = {}
-        for name in names:
-            try:
-                fds[int(name)] = os.readlink(f"{directory}/{name}")
-            except (FileNotFoundError, OSError):  # listdir's own fd, closed since
-                pass
-        return fds
-    return {}
+    """This process's open fds and what each points at.
+
+    From ``/proc/self/fd`` on Linux; elsewhere from ``/dev/fd`` or by probing fd numbers,
+    each described by ``fstat`` (``socket:[INODE]``, ``pipe:[INODE]``, ...): see
+    :func:`triosrv._platform.open_fd_numbers` and :func:`~triosrv._platform.fd_target`.
+    """
+    fds = {}
+    for fd in open_fd_numbers():
+        target = fd_target(fd)
+        if target is not None:  # closed meanwhile
+            fds[fd] = target
+    return fds
 
 
 def _describe_fd(fd: int, target: str) -> str:
