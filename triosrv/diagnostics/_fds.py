@@ -7,6 +7,12 @@ inode in the process's own network namespace (``/proc/PID/net/tcp``, ``tcp6``,
 Unix sockets their path.
 
 Reading another user's process needs that user or root; the error says so.
+
+Without /proc (macOS, the BSDs) only this process's own fds can be read: they are
+listed portably (:func:`triosrv._platform.open_fd_numbers`), described by ``fstat``,
+and each socket asked for its own addresses; its state is then ``LISTEN``,
+``CONNECTED`` or ``UNCONNECTED`` (the TCP state machine's finer states need /proc).
+Another process's fds are reported as unavailable, in one line.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Iterator
 
 import attrs
 
+from .._platform import describe_fd, open_fd_numbers
 from ._errors import DiagnosticsError
 from ._table import render_table
 
@@ -156,6 +163,71 @@ def _classify(path: str, target: str) -> str:
     return "file"
 
 
+def _own_socket(fd: int, target: str) -> FdInfo:
+    # Without /proc: ask the socket itself, through a duplicate closed right after.
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:  # closed meanwhile, or not a socket Python can wrap
+        return FdInfo(fd=fd, kind="socket", target=target)
+    with sock:
+        family, kind = sock.family, sock.type
+        inet = family in (socket.AF_INET, socket.AF_INET6)
+        proto = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6", socket.AF_UNIX: "unix"}.get(
+            family, f"family {int(family)}"
+        )
+        if inet and kind == socket.SOCK_DGRAM:
+            proto = proto.replace("tcp", "udp")
+        local = _address(sock.getsockname())
+        try:
+            remote = _address(sock.getpeername())
+        except OSError:
+            remote = None
+        listening = kind == socket.SOCK_STREAM and sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        )
+    state = "LISTEN" if listening else "CONNECTED" if remote is not None else "UNCONNECTED"
+    return FdInfo(
+        fd=fd, kind="socket", target=target, proto=proto, local=local, remote=remote, state=state
+    )
+
+
+def _address(addr: object) -> str | None:
+    # getsockname()'s shapes: (host, port[, ...]) for inet, a str (or b"" unnamed) for unix.
+    if isinstance(addr, tuple):
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(addr, bytes):
+        addr = addr.decode("utf-8", "replace")
+    text = str(addr)
+    return "@" + text[1:] if text.startswith("\0") else text or None  # Linux's abstract names
+
+
+def _own_fd_table() -> list[FdInfo]:
+    out = []
+    for fd in open_fd_numbers():
+        described = describe_fd(fd)
+        if described is None:
+            continue  # closed while we looked
+        kind, target = described
+        out.append(
+            _own_socket(fd, target) if kind == "socket" else FdInfo(fd=fd, kind=kind, target=target)
+        )
+    return out
+
+
+def _no_proc() -> bool:
+    return not os.path.isdir("/proc/self/fd")
+
+
+def _check_pid_exists(pid: int) -> None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise DiagnosticsError(f"no process with pid {pid}") from None
+    except PermissionError:
+        pass  # it exists; another user's
+
+
 def _list_fds(pid: int) -> list[int]:
     try:
         names = os.listdir(f"/proc/{pid}/fd")
@@ -177,6 +249,14 @@ def fd_table(pid: int | None = None) -> list[FdInfo]:
     pid = os.getpid() if pid is None else pid
     if pid <= 0:
         raise DiagnosticsError(f"no process with pid {pid}")
+    if _no_proc():
+        if pid == os.getpid():
+            return _own_fd_table()
+        _check_pid_exists(pid)
+        raise DiagnosticsError(
+            f"the fds of pid {pid} are unavailable: reading another process's fds needs "
+            "/proc, which this platform lacks (only this process's own can be listed)"
+        )
     fds = _list_fds(pid)
     sockets: dict[int, _SocketInfo] | None = None
     out = []
