@@ -12,7 +12,7 @@ import attrs
 
 from ._backends import READINESS, BackendsPlan, measure_backend, pinned_here
 from ._report import fmt
-from ._servers import listen_has_backend, machine_facts, machine_lines, plan_cpus
+from ._servers import listen_has_backend, machine_facts, machine_lines, placement, plan_cpus
 
 __all__ = ["bench_backends", "render_backends"]
 
@@ -143,8 +143,7 @@ def render_backends(doc: dict[str, Any]) -> list[str]:
     names = [r["backend"] for r in doc["backends"]]
     width = max(14, *(len(n) + 2 for n in names))
     lines = [
-        "I/O multiplexing, measured: one server process per backend, "
-        "pinned; the clients on another CPU",
+        "I/O multiplexing, measured: one server process per backend, " + placement(doc["machine"]),
         *machine_lines(doc["machine"]),
         "",
         f"{'':<24}" + "".join(f"{n:>{width}}" for n in names),

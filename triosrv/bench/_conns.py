@@ -13,16 +13,27 @@ of thousands of connections, more than the ephemeral port range would hold in TI
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import select
 import socket
 import struct
 import time
+from typing import TYPE_CHECKING
+
+from ._load_worker import _open_poller
+
+if TYPE_CHECKING:
+    from ._load_worker import _PollSet
 
 __all__ = ["ConnectionPool", "ping_pong"]
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _PROBE = b"."
+# poll's bits, which are epoll's too (see _load_worker); a peer's FIN or reset also makes
+# the socket readable, so _HUP is only a shortcut where the platform has one.
+_IN, _OUT = select.POLLIN, select.POLLOUT
+_HUP = getattr(select, "POLLRDHUP", 0)
 
 
 def _client_options(sock: socket.socket) -> None:
@@ -74,12 +85,12 @@ class ConnectionPool:
         # connected, and keep those whose byte comes back.
         pending: dict[int, socket.socket] = {}
         served: list[socket.socket] = []
-        with select.epoll() as ep:
+        with contextlib.closing(_open_poller()) as ep:
             try:
                 for _ in range(count):
                     sock = _connect(self.port)
                     pending[sock.fileno()] = sock
-                    ep.register(sock.fileno(), select.EPOLLOUT)
+                    ep.register(sock.fileno(), _OUT)
             except OSError as exc:
                 self.failure = f"connect: {exc.strerror or exc}"
             sent: set[int] = set()
@@ -101,7 +112,9 @@ class ConnectionPool:
                 sock.close()
         return served
 
-    def _advance(self, ep: select.epoll, sock: socket.socket, fd: int, sent: set[int]) -> str:
+    def _advance(
+        self, ep: select.epoll | _PollSet, sock: socket.socket, fd: int, sent: set[int]
+    ) -> str:
         # One step of a connection in a batch: send the probe once connected; "served"
         # when its echo is back, "failed" (reason in self.failure) or "pending".
         try:
@@ -111,7 +124,7 @@ class ConnectionPool:
                     raise OSError(code, errno.errorcode.get(code, str(code)))
                 sock.send(_PROBE)
                 sent.add(fd)
-                ep.modify(fd, select.EPOLLIN)
+                ep.modify(fd, _IN)
                 return "pending"
             data = sock.recv(16)
         except BlockingIOError:
@@ -128,9 +141,9 @@ class ConnectionPool:
         """Seconds until every pooled connection sees EOF or a reset; None on timeout."""
         started = time.monotonic()
         open_fds = {s.fileno(): s for s in self.socks}
-        with select.epoll() as ep:
+        with contextlib.closing(_open_poller()) as ep:
             for fd in open_fds:
-                ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+                ep.register(fd, _IN | _HUP)
             while open_fds:
                 left = started + timeout - time.monotonic()
                 if left <= 0:

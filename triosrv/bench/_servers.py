@@ -41,6 +41,7 @@ __all__ = [
     "machine_facts",
     "machine_lines",
     "pinned",
+    "placement",
     "plan_cpus",
     "process_cpu_ns",
     "process_cpu_seconds",
@@ -303,6 +304,13 @@ def _cpu_model() -> str | None:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return None
+
+
+def placement(m: dict[str, Any]) -> str:
+    """Where the servers ran, for a report's first line: pinned or not (facts ``m``)."""
+    if m["servers_on_cpu"] is None:
+        return "not pinned (see 'pinning')"
+    return "pinned; the clients on another CPU"
 
 
 def machine_lines(m: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from ._servers import (
     listen_has_backend,
     machine_facts,
     machine_lines,
+    placement,
     plan_cpus,
     process_rss_bytes,
     running_server,
@@ -150,8 +151,8 @@ def render_threads_vs_tasks(doc: dict[str, Any]) -> list[str]:
     models = doc["models"]
     header = [f"{m['kind']} ({m['backend']})" for m in models]
     lines = [
-        "threads vs tasks: one fresh server process per backend and count, pinned; "
-        "the clients on another CPU",
+        "threads vs tasks: one fresh server process per backend and count, "
+        + placement(doc["machine"]),
         *machine_lines(doc["machine"]),
         "",
         f"{'':<30}" + "".join(f"{h:>20}" for h in header),
