@@ -7,6 +7,7 @@ where this machine allows it also with an empty ``/proc`` (:func:`without_proc`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,17 +20,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
 
-from triosrv import ConfigError
+from triosrv import ConfigError, _platform
 from triosrv._backends import available_backends, require_backend
 from triosrv.bench import _cengine, _load_worker, run_load
 from triosrv.bench._backends import pinned_here
 from triosrv.bench._cengine import LoadEngineError
 from triosrv.bench._servers import machine_facts, machine_lines, plan_cpus
-from triosrv.diagnostics import system_facts
+from triosrv.diagnostics import _fds, system_facts
 from triosrv.lowlevel import Multiplexer, PollMultiplexer, SelectMultiplexer
 from triosrv.testing import platform_env, without_proc
 
@@ -123,20 +125,35 @@ def _echo(port: int, payload: bytes) -> bytes:
         return got
 
 
-def serve_echo_and_stop(env: dict[str, str], cmd: list[str]) -> tuple[bytes, int, str]:
-    """Start ``cmd`` (a ``triosrv listen``), echo once, SIGTERM it by pid: (reply, exit, log)."""
+class Served:
+    """What a ``triosrv listen`` run by :func:`listening` left: exit code and log."""
+
+    code: int | None = None
+    log: str = ""
+
+
+@contextlib.contextmanager
+def listening(env: dict[str, str], cmd: list[str]) -> Iterator[tuple[int, Served]]:
+    """Start ``cmd`` (a ``triosrv listen``); yield its port; SIGTERM it by pid on exit."""
+    served = Served()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            port = _wait_ready(proc, log.fileno())
-            reply = _echo(port, b"portable bytes\n" * 100)
+            yield _wait_ready(proc, log.fileno()), served
             proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=START_TIMEOUT)
+            served.code = proc.wait(timeout=START_TIMEOUT)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        return reply, code, os.pread(log.fileno(), 1 << 20, 0).decode()
+            served.log = os.pread(log.fileno(), 1 << 20, 0).decode()
+
+
+def serve_echo_and_stop(env: dict[str, str], cmd: list[str]) -> tuple[bytes, int | None, str]:
+    """Start ``cmd`` (a ``triosrv listen``), echo once, stop it: (reply, exit, log)."""
+    with listening(env, cmd) as (port, served):
+        reply = _echo(port, b"portable bytes\n" * 100)
+    return reply, served.code, served.log
 
 
 @pytest.mark.parametrize("backend", PORTABLE_BACKENDS)
@@ -304,3 +321,143 @@ def test_diag_system_runs_without_epoll(sim_env: dict[str, str], wrap: object) -
     table = run_simulated(sim_env, wrap(triosrv_cmd("diag", "system")))
     assert (table.returncode, table.stderr) == (0, "")
     assert "trio trio-fd poll select nonblocking blocking" in table.stdout
+
+
+# Without /proc: this process's fds, the leak checks, diag fds and diag system.
+
+
+def test_fd_listing_trusts_only_a_directory_that_lists_a_new_fd(tmp_path: Path) -> None:
+    assert _platform._listed_fds("/dev/fd") == _platform._listed_fds("/proc/self/fd")
+    for name in ("0", "1", "2"):  # FreeBSD's /dev/fd without fdescfs: 0, 1 and 2 only
+        (tmp_path / name).touch()
+    assert _platform._listed_fds(str(tmp_path)) is None
+    assert _platform._listed_fds(str(tmp_path / "missing")) is None
+
+
+def test_fd_probe_finds_what_proc_lists() -> None:
+    with socket.socket() as sock:
+        probed = [fd for fd in range(_platform._probe_bound()) if _platform._is_open(fd)]
+        assert sock.fileno() in probed
+        assert probed == _platform.open_fd_numbers()
+
+
+def test_own_fd_table_describes_fds_from_fstat_and_the_sockets_themselves() -> None:
+    read_fd, write_fd = os.pipe()
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_connection(listener.getsockname()) as client,
+    ):
+        server, _ = listener.accept()
+        with server:
+            table = {info.fd: info for info in _fds._own_fd_table()}
+            host, port = listener.getsockname()
+            lst = table[listener.fileno()]
+            assert (lst.kind, lst.proto, lst.local, lst.remote, lst.state) == (
+                "socket", "tcp", f"{host}:{port}", None, "LISTEN",
+            )  # fmt: skip
+            conn = table[client.fileno()]
+            assert (conn.proto, conn.remote, conn.state) == ("tcp", f"{host}:{port}", "CONNECTED")
+            assert table[client.fileno()].target != table[server.fileno()].target
+    try:
+        assert table[read_fd].kind == table[write_fd].kind == "pipe"
+        assert table[read_fd].target == table[write_fd].target  # one pipe, one inode
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+@pytest.fixture
+def no_proc() -> object:
+    if without_proc(["true"]) is None:
+        pytest.skip("hiding /proc needs unshare(1) and root")
+    return without_proc
+
+
+LEAK_PROBE = """
+import socket, threading
+from triosrv.testing import LeakError, check_no_leaks, open_fds
+assert open_fds(), "no fds seen"
+with check_no_leaks():
+    socket.socket().close()
+try:
+    with check_no_leaks(thread_grace=0.1):
+        kept = socket.socket()
+except LeakError as exc:
+    print(str(exc))
+"""
+
+
+def test_leak_checks_find_a_leaked_fd_without_proc(
+    sim_env: dict[str, str], no_proc: object
+) -> None:
+    assert callable(no_proc)
+    done = run_simulated(sim_env, no_proc([sys.executable, "-c", LEAK_PROBE]))
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"leaked fd: fd \d+ -> socket:\[\d+\] \(AF_INET \('0\.0\.0\.0', 0\)\)\n", done.stdout
+    )
+
+
+def test_diag_fds_lists_its_own_fds_without_proc(sim_env: dict[str, str], no_proc: object) -> None:
+    assert callable(no_proc)
+    done = run_simulated(sim_env, no_proc(triosrv_cmd("diag", "fds", "--json")))
+    assert (done.returncode, done.stderr) == (0, "")
+    doc = json.loads(done.stdout)
+    assert [info["fd"] for info in doc["fds"]][:3] == [0, 1, 2]
+    assert doc["fds"][1]["kind"] == "pipe"  # subprocess.run's capture
+
+
+def test_diag_fds_of_another_process_is_unavailable_without_proc(
+    sim_env: dict[str, str], no_proc: object
+) -> None:
+    assert callable(no_proc)
+    done = run_simulated(sim_env, no_proc(triosrv_cmd("diag", "fds", "--pid", str(os.getpid()))))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "needs /proc" in done.stderr
+    assert "Traceback" not in done.stderr
+    gone = run_simulated(sim_env, no_proc(triosrv_cmd("diag", "fds", "--pid", "999999999")))
+    assert (gone.returncode, gone.stderr) == (1, "error: no process with pid 999999999\n")
+
+
+def test_diag_system_without_proc_marks_what_it_cannot_read(
+    sim_env: dict[str, str], no_proc: object
+) -> None:
+    assert callable(no_proc)
+    done = run_simulated(sim_env, no_proc(triosrv_cmd("diag", "system", "--json")))
+    assert (done.returncode, done.stderr) == (0, "")
+    facts = {fact["name"]: fact for fact in json.loads(done.stdout)["facts"]}
+    for name in ("somaxconn", "ephemeral_ports"):
+        assert facts[name]["value"] is None
+        assert "not readable" in facts[name]["hint"]
+    for name in ("fd0_stdin", "fd1_stdout", "fd2_stderr"):  # open, seen through fstat
+        assert facts[name]["value"].startswith(("pipe:[", "device:[")), facts[name]
+        assert facts[name]["hint"] is None
+
+
+def test_bench_runs_unpinned_and_on_the_python_engine_without_epoll(
+    sim_env: dict[str, str], wrap: object
+) -> None:
+    assert callable(wrap)
+    with listening(sim_env, wrap(triosrv_cmd("listen", "--port", "0"))) as (port, served):
+        load = run_simulated(
+            sim_env,
+            wrap(triosrv_cmd("bench", "load", "--target", f"127.0.0.1:{port}", "--json",
+                             "--connections", "2", "--duration", "0.3", "--warmup", "0.1")),
+        )  # fmt: skip
+    assert (load.returncode, load.stderr) == (0, ""), load.stderr
+    result = json.loads(load.stdout)
+    assert result["engine"] == "python"  # auto: the C engine needs epoll
+    assert result["round_trips"] > 0 and result["errors"] == 0
+    assert served.code == 0 and "Traceback" not in served.log
+    tvt = run_simulated(
+        sim_env, wrap(triosrv_cmd("bench", "threads-vs-tasks", "--connections", "5"))
+    )
+    assert (tvt.returncode, tvt.stderr) == (0, "")
+    assert "not pinned" in tvt.stdout.splitlines()[0]
+    assert "CPU affinity is unavailable on this platform" in tvt.stdout
+    c_engine = run_simulated(
+        sim_env, wrap(triosrv_cmd("bench", "load", "--target", "127.0.0.1:9", "--engine", "c"))
+    )
+    assert c_engine.returncode == 1
+    assert c_engine.stderr.startswith("error: the C load engine needs epoll")
+    assert c_engine.stderr.count("\n") == 1
