@@ -100,7 +100,9 @@ def notify(message: str, environ: MutableMapping[str, str] | None = None) -> boo
     else:
         logger.warning("NOTIFY_SOCKET=%r is not a socket path or @name; not notifying", target)
         return False
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    # Close-on-exec already: Python's sockets are non-inheritable (PEP 446), and
+    # SOCK_CLOEXEC is Linux-only.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.sendto(message.encode("utf-8"), socket.MSG_DONTWAIT, address)
     except OSError as exc:
