@@ -286,23 +286,29 @@ def reserve_tcp_ports(specs: Sequence[BindSpec]) -> tuple[list[socket.socket], l
     return held, resolved
 
 
-def open_notify_receiver() -> tuple[socket.socket, str]:
+def open_notify_receiver(path: str | None = None) -> tuple[socket.socket, str]:
     """A datagram socket for sd_notify messages, and its ``NOTIFY_SOCKET`` value.
 
-    Bound in the abstract namespace (no file to clean up), non-blocking, with
-    SO_PASSCRED so every message arrives with its sender's pid, as systemd does it.
-    The caller closes it.
+    Without ``path`` (Linux): bound in the abstract namespace (no file to clean up),
+    with SO_PASSCRED so every message arrives with its sender's pid, as systemd does
+    it. With ``path`` (any POSIX system): bound there, no credentials; the caller
+    removes the file. Non-blocking either way; the caller closes it.
     """
-    name = f"triosrv-notify-{os.getpid()}-{secrets.token_hex(6)}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        sock.bind("\0" + name)
+        if path is None:
+            name = f"triosrv-notify-{os.getpid()}-{secrets.token_hex(6)}"
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.bind("\0" + name)
+            address = "@" + name
+        else:
+            sock.bind(path)
+            address = path
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
-    return sock, "@" + name
+    return sock, address
 
 
 def configure_accepted(sock: socket.socket) -> None:

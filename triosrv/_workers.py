@@ -22,6 +22,14 @@ of its own and learns which worker is ready from the ``READY=1`` the worker's ru
 sends (the sender's pid comes with each message, SO_PASSCRED, as systemd does it).
 When all N are ready the supervisor itself notifies its own ``NOTIFY_SOCKET``.
 
+Elsewhere (macOS, the BSDs) neither holds: SO_REUSEPORT there lets several sockets
+bind a port but hands every connection to one of them, and there is no SO_PASSCRED.
+So where :func:`kernel_shards` is false the supervisor binds and listens on every TCP
+bind itself and passes the listening sockets to all workers as ``fd://N``: they share
+one accept queue per address (the pre-fork design of Apache and gunicorn), which no
+worker's death empties. Each worker then gets a ``NOTIFY_SOCKET`` of its own, a path
+in a private temporary directory, so the socket a ``READY=1`` arrives on names it.
+
 A worker that dies is restarted after a back-off that doubles from
 ``backoff_initial`` to ``backoff_max`` and starts over once a worker has lived
 ``stable_after`` seconds. On SIGTERM (or SIGINT) the supervisor forwards SIGTERM to
@@ -36,6 +44,7 @@ its parent is gone (it is re-parented) within half a second, then drains and exi
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import math
 import os
@@ -43,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Literal
 
@@ -51,7 +61,7 @@ import trio
 
 from ._config import BindSpec, parse_bind
 from ._errors import ConfigError
-from ._listeners import open_notify_receiver, reserve_tcp_ports
+from ._listeners import open_listeners, open_notify_receiver, reserve_tcp_ports
 from ._runner import SUPERVISOR_PID_ENV
 from ._systemd import notify, parse_notification
 
@@ -60,6 +70,13 @@ logger = logging.getLogger("triosrv")
 #: Seconds after ``grace`` before a worker that has not exited is killed.
 KILL_MARGIN = 5.0
 _UCRED = array.array("i", [0, 0, 0])  # struct ucred: pid, uid, gid
+
+
+def kernel_shards() -> bool:
+    """Whether each worker binds its own SO_REUSEPORT listener and the kernel spreads
+    connections among them (Linux, which also names a notification's sender with
+    SO_PASSCRED). False elsewhere: the workers share the supervisor's sockets."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_PASSCRED")
 
 
 @attrs.define(kw_only=True)
@@ -123,26 +140,42 @@ class Supervisor:
         Raises :class:`RuntimeError` if a worker exits before it was ever ready (a
         bind error, a bad handler): restarting it would fail the same way.
         """
-        notify_sock, notify_address = open_notify_receiver()
-        try:
+        with contextlib.ExitStack() as stack:
+            receivers = self._open_receivers(stack)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_notifications, notify_sock)
+                for sock, _address, owner in receivers:
+                    nursery.start_soon(self._read_notifications, sock, owner)
                 nursery.start_soon(self._kill_after_grace)
                 # Each worker's task returns once stopping and its process exited.
                 async with trio.open_nursery() as workers:
-                    for slot in self._slots:
-                        workers.start_soon(self._keep_worker, slot, notify_address)
+                    for i, slot in enumerate(self._slots):
+                        address = receivers[i % len(receivers)][1]
+                        workers.start_soon(self._keep_worker, slot, address)
                     with trio.CancelScope() as wait_ready:
                         nursery.start_soon(self._cancel_when, self._stopping, wait_ready)
                         await self._all_ready.wait()
                         task_status.started()
                 nursery.cancel_scope.cancel()
-        finally:
-            notify_sock.close()
         if self._failed is not None:
             raise RuntimeError(self._failed)
         ok = all(slot.exit_status == 0 for slot in self._slots)
         return 0 if ok else 1
+
+    def _open_receivers(
+        self, stack: contextlib.ExitStack
+    ) -> list[tuple[socket.socket, str, WorkerStatus | None]]:
+        # (socket, NOTIFY_SOCKET value, the one worker that sends there or None = any)
+        if hasattr(socket, "SO_PASSCRED"):
+            sock, address = open_notify_receiver()
+            stack.callback(sock.close)
+            return [(sock, address, None)]
+        directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="triosrv-"))
+        receivers: list[tuple[socket.socket, str, WorkerStatus | None]] = []
+        for slot in self._slots:
+            sock, address = open_notify_receiver(os.path.join(directory, str(slot.index)))
+            stack.callback(sock.close)
+            receivers.append((sock, address, slot))
+        return receivers
 
     @staticmethod
     async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -217,17 +250,18 @@ class Supervisor:
             logger.info("worker %d (pid %d) %s", slot.index, proc.pid, _describe(code))
         return code
 
-    async def _read_notifications(self, sock: socket.socket) -> None:
-        # Each datagram comes with the sender's credentials (SO_PASSCRED).
-        space = socket.CMSG_SPACE(_UCRED.itemsize * len(_UCRED))
+    async def _read_notifications(self, sock: socket.socket, owner: WorkerStatus | None) -> None:
+        # Each datagram comes with the sender's credentials (SO_PASSCRED), or on a
+        # socket that only ``owner`` was told about.
+        space = 0 if owner is not None else socket.CMSG_SPACE(_UCRED.itemsize * len(_UCRED))
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
                 data, ancillary, _flags, _addr = sock.recvmsg(4096, space)
             except BlockingIOError:
                 continue
-            pid = _sender_pid(ancillary)
-            slot = next((s for s in self._slots if s.pid == pid), None)
+            pid = _sender_pid(ancillary) if owner is None else owner.pid
+            slot = owner or next((s for s in self._slots if s.pid == pid), None)
             fields = parse_notification(data)
             if slot is None or fields.get("READY") != "1" or slot.state != "starting":
                 continue
@@ -257,13 +291,17 @@ def _describe(code: int) -> str:
     return f"exited with status {code}"
 
 
-def worker_binds(binds: Sequence[str]) -> tuple[list[socket.socket], list[str], list[int]]:
+def worker_binds(
+    binds: Sequence[str], *, shared: bool = False
+) -> tuple[list[socket.socket], list[str], list[int]]:
     """Prepare ``binds`` for workers: reserve port-0 ports, collect inherited fds.
 
     Returns the reserving sockets (the caller closes them when the workers are done),
-    the binds each worker uses, and the fds to pass on. Raises
-    :class:`~triosrv.ConfigError` for ``unix:PATH`` (SO_REUSEPORT is TCP only) and
-    :class:`~triosrv.BindError` if a port cannot be reserved.
+    the binds each worker uses, and the fds to pass on. With ``shared`` (where
+    :func:`kernel_shards` is false) every TCP bind is bound and listened on here
+    instead, and passed on as ``fd://N``. Raises :class:`~triosrv.ConfigError` for
+    ``unix:PATH`` (SO_REUSEPORT is TCP only) and :class:`~triosrv.BindError` if a port
+    cannot be reserved or bound.
     """
     specs = [parse_bind(b) for b in binds]
     for spec in specs:
@@ -272,8 +310,15 @@ def worker_binds(binds: Sequence[str]) -> tuple[list[socket.socket], list[str], 
                 f"binds: {spec} cannot be shared by workers (SO_REUSEPORT is TCP only); "
                 "bind TCP, or pass a socket as fd://N"
             )
+    inherited = [s.fd for s in specs if s.kind == "fd"]
+    if shared:
+        tcp = [spec for spec in specs if spec.kind == "tcp"]
+        held = [listener.sock for listener in open_listeners(tcp)]
+        fds = [sock.fileno() for sock in held]
+        worker_list = [f"fd://{fd}" for fd in fds] + [str(s) for s in specs if s.kind == "fd"]
+        return held, worker_list, fds + inherited
     held, resolved = reserve_tcp_ports(specs)
-    return held, [str(spec) for spec in resolved], [s.fd for s in specs if s.kind == "fd"]
+    return held, [str(spec) for spec in resolved], inherited
 
 
 def listen_command(args: Sequence[str], binds: Sequence[str]) -> list[str]:
@@ -300,7 +345,8 @@ async def supervise_until_signalled(
     ``STOPPING=1``); a second is forwarded too, which cancels the workers' drains.
     Returns the exit status (0 if every worker exited 0).
     """
-    held, worker_bind_list, fds = worker_binds(binds)
+    shared = not kernel_shards()
+    held, worker_bind_list, fds = worker_binds(binds, shared=shared)
     try:
         supervisor = Supervisor(
             lambda index: listen_command([*args, *per_worker(index)], worker_bind_list),
@@ -311,11 +357,14 @@ async def supervise_until_signalled(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_forward_signals, signals, supervisor)
+                shown = [_tcp_display(s) for s in held] if shared else []
+                shown += [_display(b) for b in worker_bind_list[len(shown) :]]
                 logger.info(
-                    "supervisor (pid %d): %d workers on %s",
+                    "supervisor (pid %d): %d workers on %s%s",
                     os.getpid(),
                     workers,
-                    ", ".join(_display(b) for b in worker_bind_list),
+                    ", ".join(shown),
+                    " (sharing the supervisor's listening sockets)" if shared else "",
                 )
                 code = await supervisor.run()
                 nursery.cancel_scope.cancel()
@@ -332,6 +381,11 @@ async def _forward_signals(signals: AsyncIterator[int], supervisor: Supervisor) 
         logger.info("%s: stopping every worker", name)
         notify("STOPPING=1")
         supervisor.stop()
+
+
+def _tcp_display(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"tcp://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"tcp://{host}:{port}"
 
 
 def _display(bind: str) -> str:
