@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from triosrv import ConfigError, _platform
+from triosrv import ConfigError, _platform, _workers
 from triosrv._backends import available_backends, require_backend
 from triosrv.bench import _cengine, _load_worker, run_load
 from triosrv.bench._backends import pinned_here
@@ -461,3 +461,100 @@ def test_bench_runs_unpinned_and_on_the_python_engine_without_epoll(
     assert c_engine.returncode == 1
     assert c_engine.stderr.startswith("error: the C load engine needs epoll")
     assert c_engine.stderr.count("\n") == 1
+
+
+# --workers where SO_REUSEPORT does not balance and there is no SO_PASSCRED.
+
+
+def _wait_log(log: int, pattern: str, after: int = 0) -> re.Match[str]:
+    deadline = time.monotonic() + 60  # generous: python start-ups on a loaded machine
+    while time.monotonic() < deadline:
+        match = re.compile(pattern).search(os.pread(log, 1 << 20, 0).decode()[after:])
+        if match:
+            return match
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} in the log:\n{os.pread(log, 1 << 20, 0).decode()}")
+
+
+def _served_by(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(100)
+            assert chunk, "closed without an answer"
+            data += chunk
+    return int(data)
+
+
+def test_workers_share_the_supervisors_sockets_without_so_passcred(
+    sim_env: dict[str, str],
+) -> None:
+    cmd = triosrv_cmd("listen", "--workers", "2", "--port", "0", "--grace", "5")
+    cmd += ["--handler", "tests._pid_handler:pid_handler"]
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryFile() as log_file:
+        log = log_file.fileno()
+        proc = subprocess.Popen(cmd, env=sim_env, cwd=root, stderr=log_file)
+        pids: set[int] = set()
+        try:
+            line = _wait_log(log, r"2 workers on tcp://127\.0\.0\.1:(\d+) \(sharing")
+            port = int(line[1])
+            _wait_log(log, "all 2 workers ready")
+            started = {int(p) for p in re.findall(r"started \(pid (\d+)", _log_text(log))}
+            pids |= started
+            served = {_served_by(port) for _ in range(20)}
+            assert served <= started, (served, started)
+            # One worker dies: the other takes the shared queue, no connection fails.
+            victim = served.pop()
+            mark = len(_log_text(log))
+            os.kill(victim, signal.SIGKILL)
+            after = [_served_by(port) for _ in range(20)]
+            assert victim not in after[1:]  # (the first may have been queued before)
+            restarted = int(_wait_log(log, r"worker \d started \(pid (\d+)\)", after=mark)[1])
+            pids.add(restarted)
+            _wait_log(log, rf"ready \(pid {restarted}\)", after=mark)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        text = _log_text(log)
+    assert "Traceback" not in text
+    assert "supervisor: all workers stopped, exit status 0" in text
+
+
+def _log_text(log: int) -> str:
+    return os.pread(log, 1 << 20, 0).decode()
+
+
+def test_worker_binds_shared_listens_here_and_passes_fds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(socket, "SO_PASSCRED")
+    assert not _workers.kernel_shards()
+    held, binds, fds = _workers.worker_binds(["127.0.0.1:0", "[::1]:0"], shared=True)
+    try:
+        assert binds == [f"fd://{sock.fileno()}" for sock in held] and fds == [
+            sock.fileno() for sock in held
+        ]
+        for sock in held:  # listening already: a connection queues before any worker runs
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            with socket.create_connection(sock.getsockname()[:2], timeout=5):
+                pass
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_systemd_notify_works_without_sock_cloexec(sim_env: dict[str, str], tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(path)
+        receiver.settimeout(START_TIMEOUT)
+        env = {**sim_env, "NOTIFY_SOCKET": path}
+        with listening(env, triosrv_cmd("listen", "--port", "0")) as (_port, served):
+            assert receiver.recv(100) == b"READY=1"
+    assert served.code == 0 and "Traceback" not in served.log
+    assert receiver.fileno() == -1
