@@ -372,3 +372,20 @@ def test_systemd_notify_works_without_sock_cloexec(sim_env: dict[str, str], tmp_
             assert receiver.recv(100) == b"READY=1"
     assert served.code == 0 and "Traceback" not in served.log
     assert receiver.fileno() == -1
+
+
+def test_platforms_doc_example_runs_as_shown() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "howto" / "platforms.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
+    done = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    code, message = done.stdout.split("\n", 1)
+    assert code == "2"
+    assert message.startswith("error: backend: 'epoll' needs select.epoll, ")
+    assert "error: backend: 'epoll' needs select.epoll, ..." in doc
+    (table_line,) = [
+        line for line in doc.splitlines() if line.startswith("error: backend: 'epoll'")
+    ]
+    assert table_line == message.strip()
