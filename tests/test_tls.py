@@ -142,7 +142,7 @@ def test_tls_cli_bad_certfile_exits_2_with_one_line(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "tls_certfile: cannot load" in result.stderr
+    assert "certfile: cannot load" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
