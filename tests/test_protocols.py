@@ -242,6 +242,20 @@ def test_protocols_reexport_all_public_names() -> None:
         "encode_proxy_v1",
         "encode_proxy_v2",
         "parse_proxy_header",
+        # the framers (tests/test_framing.py)
+        "Framer",
+        "LineFramer",
+        "LengthPrefixFramer",
+        "NetstringFramer",
+        "NoFrame",
+        "NEED_DATA",
+        "END_OF_STREAM",
+        "FramingError",
+        "FrameTooLongError",
+        "MalformedFrameError",
+        "IncompleteFrameError",
+        "encode_varint",
+        "decode_varint",
     }
 
 

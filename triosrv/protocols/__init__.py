@@ -11,6 +11,18 @@ from ._chargen import CHARGEN_LINE_LENGTH, Chargen, chargen_line
 from ._daytime import Daytime
 from ._discard import Discard
 from ._echo import Echo
+from ._framing import (
+    END_OF_STREAM,
+    NEED_DATA,
+    Framer,
+    FrameTooLongError,
+    FramingError,
+    IncompleteFrameError,
+    MalformedFrameError,
+    NoFrame,
+)
+from ._lines import LineFramer
+from ._prefixed import LengthPrefixFramer, NetstringFramer, decode_varint, encode_varint
 from ._proxy import (
     PROXY_V1_MAX_LENGTH,
     PROXY_V2_SIGNATURE,
@@ -23,6 +35,8 @@ from ._proxy import (
 
 __all__ = [
     "CHARGEN_LINE_LENGTH",
+    "END_OF_STREAM",
+    "NEED_DATA",
     "PROXY_V1_MAX_LENGTH",
     "PROXY_V2_SIGNATURE",
     "Answer",
@@ -30,13 +44,24 @@ __all__ = [
     "Daytime",
     "Discard",
     "Echo",
+    "FrameTooLongError",
+    "Framer",
+    "FramingError",
+    "IncompleteFrameError",
+    "LengthPrefixFramer",
+    "LineFramer",
+    "MalformedFrameError",
+    "NetstringFramer",
+    "NoFrame",
     "Protocol",
     "ProtocolFactory",
     "ProxyHeader",
     "ProxyProtocolError",
     "answer_method",
     "chargen_line",
+    "decode_varint",
     "encode_proxy_v1",
     "encode_proxy_v2",
+    "encode_varint",
     "parse_proxy_header",
 ]
