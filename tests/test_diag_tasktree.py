@@ -167,5 +167,5 @@ def test_tasktree_text_elides_huge_nurseries() -> None:
     lines = render_tree(tree).splitlines()
     assert lines[1] == "`- nursery (cancelled)"
     assert len(lines) == 2 + 99 + 1
-    assert lines[-1] == "   `- ... and 51 more tasks (--json lists all)"
+    assert lines[-1] == "   `- ... and 51 more tasks"
     assert count_tasks(tree, "triosrv connection ") == 150

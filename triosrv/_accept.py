@@ -10,13 +10,11 @@ one, so their clients see a clean close and fail fast; then take the reserve aga
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 
-# accept() errors that mean "out of resources right now": pause and retry. Anything
-# else is a bug or a dead socket and propagates (the same list as trio's).
-RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+from ._isolation import RESOURCE_ERRNOS
+
 # How many queued connections one shedding pass closes at most, so a flood cannot
 # keep the loop here for ever.
 SHED_LIMIT = 4096
@@ -30,6 +28,8 @@ class FdReserve:
 
     def __init__(self) -> None:
         self._fd: int | None = None
+        #: The errno that ended the last shedding pass early, if any.
+        self.last_error: int | None = None
         self._take()
 
     def _take(self) -> None:
@@ -57,8 +57,9 @@ class FdReserve:
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
-            if exc.errno not in RESOURCE_ERRNOS and exc.errno != errno.ECONNABORTED:
-                raise
+            # Whatever else accept() says ends this pass, never the server: the accept
+            # loop retries after its pause and meets (and counts) the error itself.
+            self.last_error = exc.errno
         finally:
             self._take()
         return closed

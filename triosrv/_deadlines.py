@@ -19,6 +19,7 @@ for the next one, so every measured window lasts between one and two windows.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -27,7 +28,10 @@ from typing import Protocol
 import trio
 
 from ._config import Timeouts
+from ._isolation import rate_limited
 from .lowlevel._record import RECEIVING
+
+logger = logging.getLogger("triosrv")
 
 
 class LiveConnection(Protocol):
@@ -98,10 +102,10 @@ class DeadlineKeeper:
             due, kind = conn._next_deadline(timeouts)
             if due <= now:
                 self.fired[kind] += 1
-                conn._expire(kind, timeouts)
+                _expire(conn, kind, timeouts)
             elif rate_tick and self._too_slow(conn, now):
                 self.fired["slow_receive"] += 1
-                conn._expire("slow_receive", timeouts)
+                _expire(conn, "slow_receive", timeouts)
             elif due < wake:
                 wake = due
         if rate_tick:
@@ -123,3 +127,18 @@ class DeadlineKeeper:
         conn._rate_since = now
         conn._rate_mark = conn.bytes_received
         return False
+
+
+def _expire(conn: LiveConnection, kind: str, timeouts: Timeouts) -> None:
+    # The keeper serves every connection: one that fails to stop (a backend's bug)
+    # is logged and left to its other limits, and the keeper goes on with the rest
+    # (the isolation rule, _isolation.py).
+    try:
+        conn._expire(kind, timeouts)
+    except Exception:
+        logger.exception(
+            "deadline keeper: could not stop connection %s on its %s timeout",
+            getattr(conn, "id", "?"),
+            kind,
+            extra=rate_limited("keeper_error"),
+        )

@@ -32,7 +32,7 @@ from typing import Literal
 import attrs
 import trio
 
-from ._accept import RESOURCE_ERRNOS, FdReserve
+from ._accept import FdReserve
 from ._backends import check_backend, make_backend
 from ._backends._trio import TrioBackend
 from ._blocking import BlockingDetector
@@ -40,6 +40,7 @@ from ._config import ServerConfig
 from ._connection import Connection
 from ._deadlines import DeadlineKeeper, LiveConnection
 from ._errors import TIMEOUT_KINDS, ConnectionTimeout
+from ._isolation import LOG_LIMIT, RESOURCE_ERRNOS, accept_error_pause, rate_limited
 from ._listeners import Listener, configure_accepted, format_local, format_peer, open_listeners
 from ._preamble import Preamble
 from ._snapshots import ConnectionSnapshot, connection_snapshots
@@ -47,9 +48,6 @@ from ._snapshots import ConnectionSnapshot, connection_snapshots
 logger = logging.getLogger("triosrv")
 
 Handler = Callable[[Connection], Awaitable[object]]
-
-# After an out-of-resources accept error, how long accepting rests.
-ACCEPT_PAUSE = 0.1
 
 
 @attrs.frozen(kw_only=True)
@@ -243,6 +241,7 @@ class Server:
             self._close_listeners()
             if self._reserve is not None:
                 self._reserve.close()
+            LOG_LIMIT.flush()  # what the log left out says so before we are gone
             self._state = "closed"
             self._closed.set()
 
@@ -296,23 +295,29 @@ class Server:
             return None
 
     def _accept_failed(self, listener: Listener, exc: OSError) -> float:
-        """accept() failed: re-raise unless out of resources; shed the queue on
-        EMFILE/ENFILE (see ``_accept.py``), count, log; return how long to pause."""
-        if exc.errno not in RESOURCE_ERRNOS:
-            raise exc
+        """accept() failed: count it, shed the queue on EMFILE/ENFILE (see
+        ``_accept.py``), log (rate-limited); return how long to pause. Never raises:
+        no accept error ends the server (see ``_isolation.py``)."""
         self._accept_errors += 1
+        pause = accept_error_pause(exc)
+        if pause == 0:  # one queued connection died before we took it: next one
+            logger.debug("accept on %s: %s; retrying", listener.address, exc.strerror)
+            return pause
         shed = 0
         if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve is not None:
             shed = self._reserve.shed(listener.sock)
             self._shed += shed
+        what = "out of resources" if exc.errno in RESOURCE_ERRNOS else "unexpected error"
         logger.warning(
-            "accept on %s: %s; closed %d queued connection(s), pausing %g s",
+            "accept on %s: %s (%s); closed %d queued connection(s), pausing %g s",
             listener.address,
-            exc.strerror,
+            exc.strerror or exc,
+            what,
             shed,
-            ACCEPT_PAUSE,
+            pause,
+            extra=rate_limited("accept_error"),
         )
-        return ACCEPT_PAUSE
+        return pause
 
     def _track(self, conn: LiveConnection) -> None:
         """Give ``conn`` its id and count it live."""
@@ -349,7 +354,13 @@ class Server:
         self._handler_errors += 1
         if self.config.handler_errors == "raise":
             raise raised or exc
-        logger.error("handler error on connection %d from %s", conn.id, conn.peer, exc_info=exc)
+        logger.error(
+            "handler error on connection %d from %s",
+            conn.id,
+            conn.peer,
+            exc_info=exc,
+            extra=rate_limited("handler_error"),
+        )
 
 
 async def serve(

@@ -96,7 +96,7 @@ class LoopBackend(Backend):
         """Untrack the connection."""
         self.server._untrack(conn)
 
-    def failed(self, conn: ConnectionRecord, exc: Exception) -> None:
+    def failed(self, conn: ConnectionRecord, exc: BaseException) -> None:
         """The protocol raised: a handler error."""
         self.server._count_failure(conn, exc)
 
@@ -105,7 +105,7 @@ class LoopBackend(Backend):
         self.server._count_broken(conn, exc)
 
     def accept_failed(self, listener: socket.socket, exc: OSError) -> float:
-        """Out of resources (or re-raise): shed, log, pause."""
+        """Count, shed on EMFILE, log; return the pause (see _isolation.py)."""
         return self.server._accept_failed(self._listener_by_fd[listener.fileno()], exc)
 
     def refused(self, sock: socket.socket, fd_limit: int) -> None:

@@ -16,6 +16,7 @@ import trio
 
 from .._connection import Connection, SocketConnection
 from .._errors import ConnectionTimeout
+from .._isolation import is_handler_failure
 from ._base import AcceptingBackend
 
 logger = logging.getLogger("triosrv")
@@ -43,6 +44,10 @@ class TrioBackend(AcceptingBackend):
             self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
         )
 
+    # KI protection: a real Ctrl-C is delivered to the main task (trio's default
+    # for its own code), never raised inside a handler, where the isolation rule would
+    # count it as that handler's error (_isolation.py).
+    @trio.lowlevel.enable_ki_protection
     async def _run_connection(self, conn: Connection) -> None:
         preamble = self.server._preamble
         try:
@@ -74,5 +79,9 @@ class TrioBackend(AcceptingBackend):
                     self.server._count_failure(conn, unexpected, rest)
             if cancelled is not None:
                 raise cancelled from None
-        except Exception as exc:
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit raised by a handler end its
+            # connection like any other error; Cancelled belongs to a scope above.
+            if not is_handler_failure(exc):
+                raise
             self.server._count_failure(conn, exc, exc)

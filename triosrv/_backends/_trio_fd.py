@@ -19,6 +19,7 @@ import socket
 
 import trio
 
+from .._isolation import is_handler_failure
 from ..lowlevel import ConnectionRecord, close_fd, wait_readable, wait_writable
 from ..lowlevel._record import NOT_WAITING, RECEIVING, SENDING
 from ..protocols import Protocol, answer_method
@@ -59,13 +60,16 @@ class TrioFdBackend(AcceptingBackend):
             self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
         )
 
+    @trio.lowlevel.enable_ki_protection  # a real Ctrl-C goes to the main task
     async def _run_connection(self, conn: FdConnection) -> None:
         try:
             with conn._cancel_scope:
                 try:
                     protocol = self.protocol_factory()
                     await self._drive(conn, protocol)
-                except Exception as exc:
+                except BaseException as exc:
+                    if not is_handler_failure(exc):
+                        raise
                     self.server._count_failure(conn, exc)
         finally:
             self.server._untrack(conn)

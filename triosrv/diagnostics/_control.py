@@ -7,7 +7,9 @@ object on one line; a client may send several requests on one connection.
 =====================================  ==============================================
 request                                answer
 =====================================  ==============================================
-``{"cmd": "status"}``                  the status document (see ``_status.py``)
+``{"cmd": "status"}``                  the status document (see ``_status.py``);
+                                       ``"offset"`` and ``"limit"`` page through
+                                       the connections (default 0 and 1000)
 ``{"cmd": "drain", "grace": 5}``       ``{"ok": true, "state": "draining", ...}``;
                                        the graceful shutdown starts (``grace`` is
                                        optional: the configured one; null: for ever)
@@ -15,14 +17,19 @@ anything else                          ``{"error": "..."}``; the server is not
                                        disturbed and the connection stays usable
 =====================================  ==============================================
 
-The endpoint runs in the nursery that runs the server and ends with it. A client
-that sends nothing for ``CONTROL_IDLE`` seconds, or a line longer than
-``MAX_REQUEST`` bytes, is disconnected; at most ``MAX_CLIENTS`` are served at once.
+The endpoint runs in the nursery that runs the server and ends with it; nothing a
+client sends can end the server (see ``_serving.py``). A client that takes longer than
+``CONTROL_IDLE`` seconds to send a request, or ``_serving.WRITE_TIMEOUT`` to read an
+answer, or sends a line longer than ``MAX_REQUEST`` bytes, is disconnected; at most
+``MAX_CLIENTS`` are served at once, and when all are taken a newcomer evicts the
+client that has kept us waiting longest (so clients that never read cannot lock the
+operator out).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import math
@@ -33,10 +40,18 @@ from typing import Any
 import trio
 
 from .._config import BindSpec
+from .._isolation import rate_limited
 from .._listeners import open_listeners
 from ._errors import DiagnosticsError
-from ._serving import accept_loop
-from ._status import status_document
+from ._serving import (
+    ClientSlot,
+    ClientSlots,
+    accept_loop,
+    guard_endpoint,
+    send_bounded,
+    serve_isolated,
+)
+from ._status import DEFAULT_LIMIT, build_status_document
 
 logger = logging.getLogger("triosrv")
 
@@ -94,6 +109,20 @@ def _parse_grace(request: dict[str, Any], default: float | None) -> float | None
     raise ValueError(f"grace: expected seconds >= 0 or null, got {grace!r}")
 
 
+def _parse(line: bytes) -> dict[str, Any] | str:
+    # Peer input: anything json.loads can raise on it is the peer's mistake, not
+    # ours -- a malformed line, invalid UTF-8, nesting deeper than the recursion
+    # limit (RecursionError), an integer of more than 4300 digits (ValueError).
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        return f"malformed request, expected one JSON object per line: {reason}"
+    if not isinstance(request, dict):
+        return f"expected a JSON object, got {type(request).__name__}"
+    return request
+
+
 class ControlEndpoint:
     """Answers control requests about one server (see the module docstring)."""
 
@@ -101,26 +130,33 @@ class ControlEndpoint:
         self.server = server
         self.started_at = trio.current_time()
         self.started_wall = time.time()
-        self._clients = 0
+        self.slots = ClientSlots(MAX_CLIENTS, what="control")
 
-    def handle(self, line: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
-        """The answer to one request line, and what to do once it is sent."""
-        try:
-            request = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return {"error": f"malformed request, expected one JSON object per line: {exc}"}, None
-        cmd = request.get("cmd") if isinstance(request, dict) else None
+    async def answer(self, line: bytes) -> tuple[bytes, Callable[[], None] | None]:
+        """The encoded answer to one request line, and what to do once it is sent."""
+        request = _parse(line)
+        if isinstance(request, str):
+            return _encode({"error": request}), None
+        cmd = request.get("cmd")
         if cmd == "status":
-            doc = status_document(
-                self.server, started_at=self.started_at, started_wall=self.started_wall
-            )
-            return doc, None
+            try:
+                encoded = await build_status_document(
+                    self.server,
+                    started_at=self.started_at,
+                    started_wall=self.started_wall,
+                    offset=request.get("offset", 0),
+                    limit=request.get("limit", DEFAULT_LIMIT),
+                )
+            except ValueError as exc:
+                return _encode({"error": str(exc)}), None
+            return encoded, None
         if cmd == "drain":
-            return self._drain(request)
+            answer, after = self._drain(request)
+            return _encode(answer), after
         choices = ", ".join(COMMANDS)
-        return {
-            "error": f'expected {{"cmd": ...}} with cmd one of {choices}, got {line[:200]!r}'
-        }, None
+        return _encode(
+            {"error": f'expected {{"cmd": ...}} with cmd one of {choices}, got {line[:200]!r}'}
+        ), None
 
     def _drain(self, request: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], None] | None]:
         server = self.server
@@ -145,42 +181,36 @@ class ControlEndpoint:
 
     async def serve_client(self, stream: trio.SocketStream) -> None:
         """Answer one client's requests until it closes, idles or misbehaves."""
-        async with stream:
-            if self._clients >= MAX_CLIENTS:
-                await stream.send_all(_encode({"error": "too many control clients"}))
-                return
-            self._clients += 1
-            try:
-                await self._converse(stream)
-            finally:
-                self._clients -= 1
+        await serve_isolated(
+            self.slots,
+            self._converse,
+            stream,
+            refuse=_encode({"error": "too many control clients, all busy; try again"}),
+        )
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
+    async def _converse(self, slot: ClientSlot, stream: trio.SocketStream) -> None:
         reader = _LineReader(stream, MAX_REQUEST)
         while True:
+            slot.waiting()
             with trio.move_on_after(CONTROL_IDLE):
                 try:
                     line = await reader.readline()
                 except ValueError as exc:
-                    await stream.send_all(_encode({"error": str(exc)}))
+                    await send_bounded(slot, stream, _encode({"error": str(exc)}))
                     return
-                except trio.BrokenResourceError:
-                    return
+            slot.working()
             if line is None:  # EOF, or idle too long (the scope was cancelled)
                 return
+            encoded, after = await self.answer(line)
+            if encoded.startswith(b'{"error":'):
+                logger.warning(
+                    "control: %s",
+                    encoded[10:300].decode(errors="replace").rstrip(),
+                    extra=rate_limited("control_error"),
+                )
             try:
-                answer, after = self.handle(line)
-            except Exception as exc:
-                # A bug in building an answer must not take the server down with it:
-                # the endpoint runs in the server's nursery.
-                logger.exception("control: failed to answer %r", line[:200])
-                answer, after = {"error": f"internal error: {exc!r}"}, None
-            if "error" in answer:
-                logger.warning("control: %s", answer["error"])
-            try:
-                await stream.send_all(_encode(answer))
-            except trio.BrokenResourceError:
-                return
+                if not await send_bounded(slot, stream, encoded):
+                    return
             finally:
                 if after is not None:
                     after()
@@ -208,7 +238,12 @@ async def serve_control(
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(listener.address)
-            await accept_loop(listener.sock, nursery, endpoint.serve_client, what="control")
+            await guard_endpoint(
+                "control",
+                functools.partial(
+                    accept_loop, listener.sock, nursery, endpoint.serve_client, what="control"
+                ),
+            )
     finally:
         listener.close()
 

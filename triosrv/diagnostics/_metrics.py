@@ -5,15 +5,19 @@ exposition code, which also negotiates OpenMetrics with the scraper) and the HTT
 parsing from h11: no hand-written format or parser. Both are the optional extra
 ``metrics`` (``pip install 'triosrv[metrics]'``).
 
-The listener runs in the nursery that runs the server and ends with it. It answers
-``GET /metrics`` (and ``HEAD``), keeps connections alive as HTTP/1.1 scrapers expect,
-drops a client idle for ``HTTP_IDLE`` seconds and serves at most ``MAX_CLIENTS`` at
-once. Every scrape reads ``server.statistics()`` at that moment.
+The listener runs in the nursery that runs the server and ends with it; nothing a
+client sends can end the server (see ``_serving.py``). It answers ``GET /metrics``
+(and ``HEAD``), keeps connections alive as HTTP/1.1 scrapers expect, drops a client
+that takes longer than ``HTTP_IDLE`` seconds to send a request or
+``_serving.WRITE_TIMEOUT`` to read an answer, and serves at most ``MAX_CLIENTS`` at
+once (a newcomer evicts the client blocked longest). Every scrape reads
+``server.statistics()`` at that moment.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -28,8 +32,18 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .._config import parse_bind
 from .._errors import ConfigError
+from .._isolation import rate_limited
 from .._listeners import open_listeners
-from ._serving import accept_loop
+from ._serving import (
+    ClientSlot,
+    ClientSlots,
+    accept_loop,
+    guard_endpoint,
+    send_bounded,
+    serve_isolated,
+)
+
+logger = logging.getLogger("triosrv")
 
 HTTP_IDLE = 30.0
 MAX_CLIENTS = 32
@@ -154,6 +168,16 @@ def metrics_registry(server: Any, *, labels: Mapping[str, str] | None = None) ->
     return registry
 
 
+def _choose_encoder(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    # prometheus_client raises TypeError for an Accept whose version= is not a dotted
+    # number ("version=x", "1.0.0-rc1"): peer input must not reach a library call
+    # unguarded. An Accept we cannot read gets the plain text format, as no Accept does.
+    try:
+        return choose_encoder(accept)
+    except Exception:
+        return choose_encoder("")
+
+
 def _respond(conn: h11.Connection, request: h11.Request, registry: CollectorRegistry) -> bytes:
     path = request.target.split(b"?", 1)[0]
     headers = [("content-type", "text/plain; charset=utf-8")]
@@ -162,9 +186,13 @@ def _respond(conn: h11.Connection, request: h11.Request, registry: CollectorRegi
         headers.append(("allow", "GET, HEAD"))
     elif path == b"/metrics":
         accept = next((v for k, v in request.headers if k == b"accept"), b"")
-        encoder, content_type = choose_encoder(accept.decode("latin-1"))
-        status, body = 200, encoder(registry)
-        headers = [("content-type", content_type)]
+        encoder, content_type = _choose_encoder(accept.decode("latin-1"))
+        try:
+            status, body = 200, encoder(registry)
+            headers = [("content-type", content_type)]
+        except Exception:
+            logger.exception("metrics: building the exposition failed")
+            status, body = 500, b"internal error building the metrics; see the server log\n"
     else:
         status, body = 404, b"not found: the metrics are at /metrics\n"
     headers.append(("content-length", str(len(body))))
@@ -185,56 +213,58 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> A
         conn.receive_data(bytes(await stream.receive_some(65536)))
 
 
-async def _exchange(conn: h11.Connection, stream: trio.SocketStream, registry: Any) -> bool:
-    """Serve one request; False when the connection is done."""
-    event = await _next_event(conn, stream)
-    if not isinstance(event, h11.Request):
-        return False  # ConnectionClosed (the scraper left), or a PAUSED cycle
-    while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
-        pass  # a GET has no body worth reading; skip whatever came
-    await stream.send_all(_respond(conn, event, registry))
-    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-        return False
-    conn.start_next_cycle()
-    return True
+async def _receive_request(
+    conn: h11.Connection, slot: ClientSlot, stream: trio.abc.ReceiveStream
+) -> h11.Request | None:
+    # One whole request (head and any body, which is skipped) within HTTP_IDLE: a
+    # client that drips its request is dropped like a silent one. None: the client
+    # is done, silent too long, or not speaking a request.
+    slot.waiting()
+    with trio.move_on_after(HTTP_IDLE):
+        event = await _next_event(conn, stream)
+        if not isinstance(event, h11.Request):
+            return None  # ConnectionClosed (the scraper left), or a PAUSED cycle
+        while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
+            pass  # a GET has no body worth reading; skip whatever came
+        slot.working()
+        return event
+    return None
 
 
 class _MetricsEndpoint:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.clients = 0
+        self.slots = ClientSlots(MAX_CLIENTS, what="metrics")
 
     async def serve_client(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            if self.clients >= MAX_CLIENTS:
-                return
-            self.clients += 1
-            try:
-                await self._converse(stream)
-            except trio.BrokenResourceError:
-                pass  # the scraper went away mid-answer: nothing to tell it
-            finally:
-                self.clients -= 1
+        await serve_isolated(self.slots, self._converse, stream)
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
+    async def _converse(self, slot: ClientSlot, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         try:
             while True:
-                with trio.move_on_after(HTTP_IDLE) as idle:
-                    more = await _exchange(conn, stream, self.registry)
-                if idle.cancelled_caught or not more:
+                request = await _receive_request(conn, slot, stream)
+                if request is None:
                     return
+                if not await send_bounded(slot, stream, _respond(conn, request, self.registry)):
+                    return
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
         except h11.RemoteProtocolError as exc:
+            logger.info("metrics: bad request: %s", exc, extra=rate_limited("metrics_bad_request"))
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 body = f"bad request: {exc}\n".encode()
                 response = h11.Response(
                     status_code=exc.error_status_hint,
                     headers=[("content-length", str(len(body))), ("connection", "close")],
                 )
-                await stream.send_all(
+                await send_bounded(
+                    slot,
+                    stream,
                     (conn.send(response) or b"")
                     + (conn.send(h11.Data(data=body)) or b"")
-                    + (conn.send(h11.EndOfMessage()) or b"")
+                    + (conn.send(h11.EndOfMessage()) or b""),
                 )
 
 
@@ -266,10 +296,15 @@ async def serve_metrics(
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(
-                    functools.partial(accept_loop, what="metrics"),
-                    listener.sock,
-                    nursery,
-                    endpoint.serve_client,
+                    guard_endpoint,
+                    "metrics",
+                    functools.partial(
+                        accept_loop,
+                        listener.sock,
+                        nursery,
+                        endpoint.serve_client,
+                        what="metrics",
+                    ),
                     name=f"triosrv metrics listener {listener.address}",
                 )
             task_status.started(listeners[0].address.replace("tcp://", "http://") + "/metrics")

@@ -15,10 +15,11 @@ The result is JSON-ready::
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import trio
 
@@ -30,12 +31,14 @@ _DIGITS = re.compile(r"(\d+)")
 
 
 class NurseryNode(TypedDict):
-    """A nursery: an optional ``label``, its cancel scope's state, its child tasks."""
+    """A nursery: an optional ``label``, its cancel scope's state, its child tasks
+    (and, when the walk was capped, how many ``more`` it did not list)."""
 
     label: str | None
     cancel_called: bool
     deadline_in: float | None
     tasks: list[TaskNode]
+    more: NotRequired[int]
 
 
 class TaskNode(TypedDict):
@@ -46,18 +49,28 @@ class TaskNode(TypedDict):
     nurseries: list[NurseryNode]
 
 
-def _nursery_node(nursery: trio.Nursery, labels: Mapping[int, str], now: float) -> NurseryNode:
+def _nursery_node(
+    nursery: trio.Nursery, labels: Mapping[int, str], now: float, max_tasks: int | None
+) -> NurseryNode:
     scope = nursery.cancel_scope
     deadline = scope.deadline
-    return {
+    children = nursery.child_tasks
+    if max_tasks is not None and len(children) > max_tasks:
+        # A nursery of 10,000 connections: list some, count the rest. Which ones is
+        # arbitrary (child_tasks is a set); sorting them all would cost more than the
+        # rest of the walk.
+        shown = sorted(itertools.islice(children, max_tasks), key=_natural_key)
+    else:
+        shown = sorted(children, key=_natural_key)
+    node: NurseryNode = {
         "label": labels.get(id(nursery)),
         "cancel_called": scope.cancel_called,
         "deadline_in": None if math.isinf(deadline) else deadline - now,
-        "tasks": [
-            _task_node(child, labels, now)
-            for child in sorted(nursery.child_tasks, key=_natural_key)
-        ],
+        "tasks": [_task_node(child, labels, now, max_tasks) for child in shown],
     }
+    if len(shown) < len(children):
+        node["more"] = len(children) - len(shown)
+    return node
 
 
 def _natural_key(task: trio.lowlevel.Task) -> list[tuple[int, int | str]]:
@@ -65,27 +78,35 @@ def _natural_key(task: trio.lowlevel.Task) -> list[tuple[int, int | str]]:
     return [(0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(task.name)]
 
 
-def _task_node(task: trio.lowlevel.Task, labels: Mapping[int, str], now: float) -> TaskNode:
+def _task_node(
+    task: trio.lowlevel.Task, labels: Mapping[int, str], now: float, max_tasks: int | None
+) -> TaskNode:
     return {
         "name": task.name,
         "awaiting": awaiting_location(task),
-        "nurseries": [_nursery_node(n, labels, now) for n in task.child_nurseries],
+        "nurseries": [_nursery_node(n, labels, now, max_tasks) for n in task.child_nurseries],
     }
 
 
 def task_tree(
-    root: trio.lowlevel.Task | None = None, *, labels: Mapping[int, str] | None = None
+    root: trio.lowlevel.Task | None = None,
+    *,
+    labels: Mapping[int, str] | None = None,
+    max_tasks: int | None = None,
 ) -> TaskNode:
     """The tree of tasks and nurseries under ``root`` (default: the run's root task).
 
     ``labels`` maps ``id(nursery)`` to a name for that nursery (see
-    :func:`server_nursery_labels`). Call from inside a trio run; the walk does not
-    await, so the tree is one consistent moment.
+    :func:`server_nursery_labels`). With ``max_tasks``, a nursery lists at most that
+    many of its tasks and counts the others in ``"more"``, so the walk costs the same
+    with 10,000 connections as with 100. Call from inside a trio run; the walk does
+    not await, so the tree is one consistent moment.
     """
     now = trio.current_time()
     start = trio.lowlevel.current_root_task() if root is None else root
-    assert start is not None  # inside a run there is always a root task
-    return _task_node(start, labels or {}, now)
+    if start is None:  # pragma: no cover - inside a run there is always a root task
+        raise RuntimeError("task_tree() must be called inside a trio run")
+    return _task_node(start, labels or {}, now, max_tasks)
 
 
 def server_nursery_labels(server: Any) -> dict[int, str]:
@@ -148,8 +169,8 @@ def _render_nursery(node: NurseryNode, first: str, rest: str, lines: list[str]) 
     extra = f" ({', '.join(facts)})" if facts else ""
     lines.append(f"{first}{node['label'] or 'nursery'}{extra}")
     tasks = node["tasks"]
-    hidden = len(tasks) - TEXT_MAX_TASKS
-    if hidden > 0:  # keep the text readable; --json has every task
+    hidden = len(tasks) - TEXT_MAX_TASKS + node.get("more", 0)
+    if hidden > 0:  # keep the text readable
         tasks = tasks[: TEXT_MAX_TASKS - 1]
     for i, task in enumerate(tasks):
         last = i == len(tasks) - 1 and hidden <= 0
@@ -157,4 +178,5 @@ def _render_nursery(node: NurseryNode, first: str, rest: str, lines: list[str]) 
             task, rest + ("`- " if last else "+- "), rest + ("   " if last else "|  "), lines
         )
     if hidden > 0:
-        lines.append(f"{rest}`- ... and {hidden + 1} more tasks (--json lists all)")
+        unlisted = len(node["tasks"]) + node.get("more", 0) - len(tasks)
+        lines.append(f"{rest}`- ... and {unlisted} more tasks")

@@ -121,14 +121,14 @@ class LoopHost(TypingProtocol):
     def closed(self, conn: ConnectionRecord) -> None:
         """The connection's fd is closed: stop tracking it."""
 
-    def failed(self, conn: ConnectionRecord, exc: Exception) -> None:
+    def failed(self, conn: ConnectionRecord, exc: BaseException) -> None:
         """The protocol raised; count and log (may re-raise to stop the server)."""
 
     def broken(self, conn: ConnectionRecord, exc: OSError) -> None:
         """A socket call failed: the peer reset or went away."""
 
     def accept_failed(self, listener: socket.socket, exc: OSError) -> float:
-        """accept() failed: re-raise unless out of resources; return seconds to pause."""
+        """accept() failed: count and log it; return seconds to pause (never raises)."""
 
     def refused(self, sock: socket.socket, fd_limit: int) -> None:
         """The multiplexer cannot watch this accepted socket's fd (select's FD_SETSIZE).
@@ -241,6 +241,9 @@ class EventLoop:
 
     # -- the loop -----------------------------------------------------------------
 
+    # A real Ctrl-C goes to the main task, never into a protocol call, where it would
+    # count as that protocol's error.
+    @trio.lowlevel.enable_ki_protection
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the loop until cancelled (see the class docstring)."""
         try:
@@ -346,7 +349,7 @@ class EventLoop:
                 self._resized(conn, got, events)  # rare: see there
             try:
                 out = answer(data, answer_size)
-            except Exception as exc:
+            except BaseException as exc:  # a protocol's SystemExit too (_isolation.py)
                 if replies:
                     self._send_replies(replies, now)
                 self._failed(conn, exc)
@@ -429,7 +432,7 @@ class EventLoop:
         # The general turn: the protocol takes the bytes, the driver loop the rest.
         try:
             conn.receive_data(data)
-        except Exception as exc:
+        except BaseException as exc:  # a protocol's SystemExit too (_isolation.py)
             self._failed(conn, exc)
             return
         conn.pending = b""
@@ -475,7 +478,7 @@ class EventLoop:
                         self.mux.modify(conn.fd, READABLE)
                     conn._waiting_since = now
                     return
-        except Exception as exc:
+        except BaseException as exc:  # a protocol's SystemExit too (_isolation.py)
             self._failed(conn, exc)
 
     def _want_to_send(self, conn: LoopConnection, now: float, *, progressed: bool) -> None:
@@ -502,10 +505,13 @@ class EventLoop:
                 return
             try:
                 sock, addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
                 return
-            except OSError as exc:
-                self._paused_until = now + host.accept_failed(listener, exc)
+            except OSError as exc:  # InterruptedError (EINTR) included: retried at once
+                pause = host.accept_failed(listener, exc)
+                if not pause:  # one queued connection died: take the next one now
+                    continue
+                self._paused_until = now + pause
                 self._attention = True
                 self._update_listening(now)
                 return
@@ -527,7 +533,7 @@ class EventLoop:
         self.host.opened(conn)
         try:
             conn.attach(self.protocol_factory())
-        except Exception as exc:
+        except BaseException as exc:  # a protocol's SystemExit too (_isolation.py)
             self._failed(conn, exc)
             return
         self._pump(conn, now)  # some protocols speak first (daytime, chargen)
@@ -575,7 +581,7 @@ class EventLoop:
         self.host.broken(conn, exc)
         self._close(conn)
 
-    def _failed(self, conn: LoopConnection, exc: Exception) -> None:
+    def _failed(self, conn: LoopConnection, exc: BaseException) -> None:
         try:
             self.host.failed(conn, exc)
         finally:
