@@ -6,6 +6,7 @@ simulated platform (:func:`triosrv.testing.platform_env`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from triosrv import ConfigError, _platform, _workers
 from triosrv._backends import available_backends, require_backend
+from triosrv._systemd import parse_notification
 from triosrv.bench import _cengine, _load_worker, run_load
 from triosrv.bench._backends import pinned_here
 from triosrv.bench._cengine import LoadEngineError
@@ -209,3 +214,41 @@ async def test_serve_without_tcp_notsent_lowat(
             await stream.send_all(b"no lowat")
             with trio.fail_after(5):
                 assert await stream.receive_some(100) == b"no lowat"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_parse_notification_takes_any_datagram(data: bytes) -> None:
+    fields = parse_notification(data)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
+
+
+async def test_supervisor_per_worker_notify_socket_ignores_garbage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without SO_PASSCRED each worker has a notify socket of its own (a path in a
+    # private directory); only an exact READY=1 there marks that worker ready.
+    monkeypatch.delattr(socket, "SO_PASSCRED")
+    supervisor = _workers.Supervisor(lambda _index: ["true"], workers=2, grace=0)
+    slot = supervisor._slots[0]
+    slot.pid = os.getpid()  # as if started: the ready line names it
+    with contextlib.ExitStack() as stack:
+        receivers = supervisor._open_receivers(stack)
+        assert [owner for _sock, _address, owner in receivers] == supervisor._slots
+        sock, address, _owner = receivers[0]
+        assert stat.S_IMODE(os.stat(os.path.dirname(address)).st_mode) == 0o700
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor._read_notifications, sock, slot)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+                for junk in (b"", b"\xff\xfe", b"READY=0", b"READY", b"STATUS=1\nREADY=2"):
+                    sender.sendto(junk, address)
+                await trio.testing.wait_all_tasks_blocked()
+                assert slot.state == "starting"
+                sender.sendto(b"STATUS=up\nREADY=1", address)
+                with trio.fail_after(5):
+                    while slot.state != "ready":
+                        await trio.sleep(0.01)
+            assert supervisor._slots[1].state == "starting"  # not its socket
+            assert not supervisor._all_ready.is_set()
+            nursery.cancel_scope.cancel()
+    assert not os.path.exists(address)  # the directory went with the stack

@@ -166,6 +166,13 @@ def test_listen_epoll_is_refused_in_one_line(sim_env: dict[str, str], wrap: obje
     assert available.split(", ") == _order(PORTABLE_BACKENDS)
 
 
+def test_bench_backends_epoll_is_refused_in_one_line(sim_env: dict[str, str]) -> None:
+    done = run_simulated(sim_env, triosrv_cmd("bench", "backends", "--backend", "epoll"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: backend: 'epoll' needs select.epoll")
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+
+
 def _order(names: tuple[str, ...]) -> list[str]:
     from triosrv._config import BACKENDS
 
