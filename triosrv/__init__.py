@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._buffered import BufferedStream
 from ._config import BindSpec, Limits, ServerConfig, Timeouts, parse_bind
 from ._connection import Connection, SocketConnection
 from ._errors import (
@@ -22,6 +23,7 @@ from ._errors import (
     SlowReceiveTimeout,
     WriteTimeout,
 )
+from ._framed import FrameChannel
 from ._handlers import load_handler, protocol_handler
 from ._server import Server, ServerStatistics, serve
 from ._snapshots import ConnectionSnapshot
@@ -34,10 +36,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "BindError",
     "BindSpec",
+    "BufferedStream",
     "ConfigError",
     "Connection",
     "ConnectionSnapshot",
     "ConnectionTimeout",
+    "FrameChannel",
     "HandshakeTimeout",
     "IdleTimeout",
     "LifetimeTimeout",
