@@ -161,7 +161,7 @@ def test_line_framer_limit_counts_the_payload_only() -> None:
     assert frames_of(LineFramer(max_length=3), b"abc\n") == ([b"abc"], "END")
     frames, end = frames_of(LineFramer(max_length=3), b"ab\nabcd\n")
     assert frames == [b"ab"]
-    assert end == "FrameTooLongError: line with no end is longer than the limit of 3 bytes"
+    assert end == "FrameTooLongError: line is longer than the limit of 3 bytes"
 
 
 def test_line_framer_refuses_a_long_line_before_its_end_arrives() -> None:
@@ -199,8 +199,9 @@ def test_line_framer_lenient_crlf() -> None:
         "END",
     )
     assert LineFramer(crlf="lenient").frame(b"x") == b"x\r\n"
-    _, end = frames_of(LineFramer(crlf="lenient", max_length=3), b"abcd\r\n")
-    assert end.startswith("FrameTooLongError")
+    for wire in (b"abcd\r\n", b"abcd\n", b"abc\r\r\n", b"abcdef"):
+        _, end = frames_of(LineFramer(crlf="lenient", max_length=3), wire)
+        assert end == "FrameTooLongError: line is longer than the limit of 3 bytes"
 
 
 def test_line_framer_unterminated_last_line_is_incomplete() -> None:

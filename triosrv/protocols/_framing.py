@@ -114,8 +114,8 @@ class FrameTooLongError(FramingError):
     def __init__(self, max_length: int, length: int | None = None, *, what: str = "frame") -> None:
         self.max_length = max_length
         self.length = length
-        size = f"of {length} bytes" if length is not None else "with no end"
-        super().__init__(f"{what} {size} is longer than the limit of {max_length} bytes")
+        size = f" of {length} bytes" if length is not None else ""
+        super().__init__(f"{what}{size} is longer than the limit of {max_length} bytes")
 
 
 class MalformedFrameError(FramingError):

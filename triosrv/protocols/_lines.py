@@ -112,9 +112,12 @@ class LineFramer(Framer):
 
     def _extract_lenient(self) -> bytes | None:
         buffer = self._buffer
-        # Room for the payload, an optional \r and the \n.
-        index = find_delimiter(buffer, b"\n", self.max_length + 1, self._scan_from)
+        # The \n must come within the payload, an optional \r and itself.
+        window = self.max_length + 2
+        index = buffer.find(b"\n", self._scan_from, window)
         if index < 0:
+            if len(buffer) >= window:
+                raise FrameTooLongError(self.max_length, what="line")
             self._scan_from = len(buffer)
             return None
         end = index - 1 if index and buffer[index - 1] == 0x0D else index
