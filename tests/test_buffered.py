@@ -233,3 +233,56 @@ async def test_buffered_stream_runs_under_the_idle_timeout(
     await client.aclose()
     assert outcomes == [pytest.approx(3.0, abs=0.01)]
     assert server.statistics().timeouts["idle"] == 1
+
+
+def receive_until_model(data: bytes, delimiter: bytes, max_bytes: int) -> list[object]:
+    """What successive receive_until calls return, from the whole stream at once."""
+    out: list[object] = []
+    while True:
+        index = data.find(delimiter)
+        if 0 <= index <= max_bytes:
+            out.append(data[:index])
+            data = data[index + len(delimiter) :]
+        elif len(data) >= max_bytes + len(delimiter):
+            return [*out, "FrameTooLongError"]
+        else:
+            return [*out, ("IncompleteFrameError", len(data))]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"a", b"b", b"\r", b"\n", b"\r\n", b"ab"]), max_size=40).map(
+        b"".join
+    ),
+    delimiter=st.sampled_from([b"\n", b"\r\n", b"aab", b"b"]),
+    max_bytes=st.integers(0, 8),
+    cuts=st.lists(st.integers(1, 20), max_size=10),
+    receive_size=st.integers(1, 16),
+)
+def test_buffered_stream_receive_until_matches_its_model(
+    data: bytes, delimiter: bytes, max_bytes: int, cuts: list[int], receive_size: int
+) -> None:
+    async def main() -> list[object]:
+        peer, ours = trio.testing.memory_stream_pair()
+        stream = BufferedStream(ours, receive_size=receive_size)
+        rest = data
+        for cut in cuts:
+            await peer.send_all(rest[:cut])
+            rest = rest[cut:]
+        await peer.send_all(rest)
+        await peer.send_eof()
+        out: list[object] = []
+        while True:
+            try:
+                out.append(await stream.receive_until(delimiter, max_bytes=max_bytes))
+            except FrameTooLongError:
+                out.append("FrameTooLongError")
+                break
+            except IncompleteFrameError as exc:
+                out.append(("IncompleteFrameError", exc.received))
+                break
+        await peer.aclose()
+        await stream.aclose()
+        return out
+
+    assert trio.run(main) == receive_until_model(data, delimiter, max_bytes)

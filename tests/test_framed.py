@@ -13,6 +13,7 @@ from triosrv import Connection, FrameChannel, ServerConfig, Timeouts
 from triosrv.protocols import (
     Framer,
     FrameTooLongError,
+    FramingError,
     IncompleteFrameError,
     LengthPrefixFramer,
     LineFramer,
@@ -20,6 +21,8 @@ from triosrv.protocols import (
     NetstringFramer,
 )
 from triosrv.testing import open_test_server
+
+from .test_framing import FRAMERS, Outcome, run, split, streams
 
 
 def channel_pair(framer: Framer) -> tuple[trio.testing.MemorySendStream, FrameChannel]:
@@ -239,3 +242,41 @@ async def test_frame_channel_line_handler_over_tcp() -> None:
         while chunk := await stream.receive_some():
             received += chunk
     assert received == b"HELLO\r\nWORLD\r\n-ERR line too long\r\n"
+
+
+@settings(max_examples=80, deadline=None)
+@given(name=st.sampled_from(sorted(FRAMERS)), data=st.data())
+def test_frame_channel_ends_as_the_framer_does_for_any_stream(
+    name: str, data: st.DataObject
+) -> None:
+    # Noise included: the channel raises the same error after the same frames as the
+    # sans-IO framer fed everything at once, whatever the chunking and receive size.
+    factory = FRAMERS[name]
+    stream = data.draw(streams(factory))
+    cuts = data.draw(st.lists(st.integers(1, 50), max_size=8))
+    receive_size = data.draw(st.integers(1, 64))
+
+    async def main() -> Outcome:
+        peer, ours = trio.testing.memory_stream_pair()
+        channel = FrameChannel(ours, factory(), receive_size=receive_size)
+        frames: list[bytes] = []
+
+        async def send() -> None:
+            for chunk in split(stream, cuts):
+                await peer.send_all(chunk)
+            await peer.send_eof()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            try:
+                async for frame in channel:
+                    frames.append(frame)
+                end = "END"
+            except FramingError as exc:
+                end = f"{type(exc).__name__}: {exc}"
+            nursery.cancel_scope.cancel()  # the peer may still be sending
+        await peer.aclose()
+        await channel.aclose()
+        return frames, end
+
+    assert trio.run(main) == run(factory(), [stream])

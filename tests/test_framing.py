@@ -351,3 +351,33 @@ def test_framer_copies_mutable_input() -> None:
     data[:] = b"xyz\n"
     assert framer.next_frame() == b"abc"
     assert repr(NEED_DATA) == "NEED_DATA"
+
+
+class FixedSize(Framer):
+    """A framer of one's own: every frame is exactly ``size`` bytes."""
+
+    frame_name = "record"
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.max_length = size
+
+    def extract_frame(self, buffer: bytearray) -> bytes | None:
+        if len(buffer) < self.max_length:
+            return None
+        frame = bytes(buffer[: self.max_length])
+        del buffer[: self.max_length]
+        return frame
+
+    def frame(self, payload: bytes | bytearray | memoryview) -> bytes:
+        if len(payload) != self.max_length:
+            raise ValueError(f"a record is {self.max_length} bytes")
+        return bytes(payload)
+
+
+def test_framer_subclass_gets_eof_and_errors_from_the_base() -> None:
+    assert frames_of(FixedSize(2), b"abcd") == ([b"ab", b"cd"], "END")
+    assert frames_of(FixedSize(2), b"abc") == (
+        [b"ab"],
+        "IncompleteFrameError: the peer closed the stream 1 bytes into a record",
+    )

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from typing import ClassVar
 
 __all__ = [
     "END_OF_STREAM",
@@ -137,8 +138,9 @@ class IncompleteFrameError(FramingError):
 class Framer(abc.ABC):
     """The common interface of the framers; see the module docstring.
 
-    A subclass implements :meth:`_extract` (parse one frame from the front of
-    ``self._buffer``) and :meth:`frame`. An instance serves one direction of one
+    A subclass implements :meth:`extract_frame` (take one frame from the front of the
+    buffer) and :meth:`frame`, and may name its frames in ``frame_name`` (for the
+    messages of the errors). An instance serves one direction of one
     connection (receiving) and can build frames for the other; it is not thread-safe.
     """
 
@@ -181,13 +183,13 @@ class Framer(abc.ABC):
         if self._error is not None:
             raise self._error
         try:
-            frame = self._extract()
+            frame = self.extract_frame(self._buffer)
             if frame is not None:
                 return frame
             if not self._eof:
                 return NEED_DATA
             if self._buffer:
-                raise IncompleteFrameError(len(self._buffer), what=self._frame_name)
+                raise IncompleteFrameError(len(self._buffer), what=self.frame_name)
             return END_OF_STREAM
         except FramingError as exc:
             self._fail(exc)
@@ -208,14 +210,25 @@ class Framer(abc.ABC):
         """True once ``receive_data(b"")`` was called."""
         return self._eof
 
-    _frame_name = "frame"
+    #: What the error messages call a frame ("line", "netstring").
+    frame_name: ClassVar[str] = "frame"
 
     @abc.abstractmethod
-    def _extract(self) -> bytes | None:
-        """Remove and return the first frame of ``self._buffer``; None if incomplete.
+    def extract_frame(self, buffer: bytearray) -> bytes | None:
+        """Remove the first frame from the front of *buffer*; return its payload.
 
-        Must decide from the bytes alone (see "Chunking does not matter") and raise
-        :exc:`FrameTooLongError` / :exc:`MalformedFrameError` as soon as it is certain.
+        *buffer* holds the bytes received and not yet taken (the framer's own buffer:
+        delete what the frame used). Return None, leaving *buffer* as it is, when it
+        holds only the beginning of a frame. Called by :meth:`next_frame`, which deals
+        with EOF and errors; not meant to be called directly.
+
+        It must decide from the bytes alone -- never from how many happen to be
+        buffered past the frame -- and raise as soon as the answer is certain (see
+        "Chunking does not matter" in the module docstring).
+
+        Raises:
+            FrameTooLongError: the frame is, or will certainly be, over ``max_length``.
+            MalformedFrameError: the bytes can never become a valid frame.
         """
 
     @abc.abstractmethod

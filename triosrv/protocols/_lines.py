@@ -57,7 +57,7 @@ class LineFramer(Framer):
 
     __slots__ = ("_mode", "_scan_from", "delimiter", "max_length")
 
-    _frame_name = "line"
+    frame_name = "line"
 
     def __init__(
         self,
@@ -88,30 +88,29 @@ class LineFramer(Framer):
         how = f"crlf={self._mode!r}" if self._mode != "exact" else f"delimiter={self.delimiter!r}"
         return f"LineFramer({how}, max_length={self.max_length})"
 
-    def _extract(self) -> bytes | None:
+    def extract_frame(self, buffer: bytearray) -> bytes | None:
+        """Take the first line from *buffer* (see :meth:`Framer.extract_frame`)."""
         if self._mode == "exact":
-            return self._extract_exact()
+            return self._extract_exact(buffer)
         if self._mode == "lenient":
-            return self._extract_lenient()
-        return self._extract_strict()
+            return self._extract_lenient(buffer)
+        return self._extract_strict(buffer)
 
-    def _take(self, end: int, skip: int) -> bytes:
-        buffer = self._buffer
+    def _take(self, buffer: bytearray, end: int, skip: int) -> bytes:
         line = bytes(buffer[:end])
         del buffer[: end + skip]
         self._scan_from = 0
         return line
 
-    def _extract_exact(self) -> bytes | None:
+    def _extract_exact(self, buffer: bytearray) -> bytes | None:
         delimiter = self.delimiter
-        index = find_delimiter(self._buffer, delimiter, self.max_length, self._scan_from)
+        index = find_delimiter(buffer, delimiter, self.max_length, self._scan_from)
         if index < 0:
-            self._scan_from = max(0, len(self._buffer) - len(delimiter) + 1)
+            self._scan_from = max(0, len(buffer) - len(delimiter) + 1)
             return None
-        return self._take(index, len(delimiter))
+        return self._take(buffer, index, len(delimiter))
 
-    def _extract_lenient(self) -> bytes | None:
-        buffer = self._buffer
+    def _extract_lenient(self, buffer: bytearray) -> bytes | None:
         # The \n must come within the payload, an optional \r and itself.
         window = self.max_length + 2
         index = buffer.find(b"\n", self._scan_from, window)
@@ -123,10 +122,9 @@ class LineFramer(Framer):
         end = index - 1 if index and buffer[index - 1] == 0x0D else index
         if end > self.max_length:
             raise FrameTooLongError(self.max_length, what="line")
-        return self._take(end, index + 1 - end)
+        return self._take(buffer, end, index + 1 - end)
 
-    def _extract_strict(self) -> bytes | None:
-        buffer = self._buffer
+    def _extract_strict(self, buffer: bytearray) -> bytes | None:
         limit = self.max_length + 1  # the first CR or LF must come by then
         start = self._scan_from
         cr = buffer.find(b"\r", start, limit)
@@ -143,7 +141,7 @@ class LineFramer(Framer):
             return None
         if buffer[cr + 1] != 0x0A:
             raise MalformedFrameError("bare CR in a line (only CRLF may end one)")
-        return self._take(cr, 2)
+        return self._take(buffer, cr, 2)
 
     def frame(self, payload: bytes | bytearray | memoryview) -> bytes:
         """Return ``payload`` followed by the delimiter (``\\r\\n`` in the CRLF modes).

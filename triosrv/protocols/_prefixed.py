@@ -113,8 +113,7 @@ class LengthPrefixFramer(Framer):
             f"max_length={self.max_length})"
         )
 
-    def _header(self) -> tuple[int, int] | None:
-        buffer = self._buffer
+    def _header(self, buffer: bytearray) -> tuple[int, int] | None:
         size = self._size
         if not size:
             return decode_varint(buffer, self.max_length, longest=self._longest)
@@ -125,13 +124,13 @@ class LengthPrefixFramer(Framer):
             raise FrameTooLongError(self.max_length, length)
         return length, size
 
-    def _extract(self) -> bytes | None:
-        header = self._header()
+    def extract_frame(self, buffer: bytearray) -> bytes | None:
+        """Take the first frame from *buffer* (see :meth:`Framer.extract_frame`)."""
+        header = self._header(buffer)
         if header is None:
             return None
         length, start = header
         end = start + length
-        buffer = self._buffer
         if len(buffer) < end:
             return None
         payload = bytes(buffer[start:end])
@@ -164,7 +163,7 @@ class NetstringFramer(Framer):
 
     __slots__ = ("_digits", "max_length")
 
-    _frame_name = "netstring"
+    frame_name = "netstring"
 
     def __init__(self, *, max_length: int = DEFAULT_MAX_LENGTH) -> None:
         super().__init__()
@@ -174,8 +173,7 @@ class NetstringFramer(Framer):
     def __repr__(self) -> str:
         return f"NetstringFramer(max_length={self.max_length})"
 
-    def _header(self) -> tuple[int, int] | None:
-        buffer = self._buffer
+    def _header(self, buffer: bytearray) -> tuple[int, int] | None:
         value = 0
         # Digits up to one past the longest allowed number, then the colon.
         for index, byte in enumerate(buffer[: self._digits + 2]):
@@ -192,13 +190,13 @@ class NetstringFramer(Framer):
                 raise FrameTooLongError(self.max_length, value, what="netstring")
         return None
 
-    def _extract(self) -> bytes | None:
-        header = self._header()
+    def extract_frame(self, buffer: bytearray) -> bytes | None:
+        """Take the first netstring from *buffer* (see :meth:`Framer.extract_frame`)."""
+        header = self._header(buffer)
         if header is None:
             return None
         length, start = header
         end = start + length
-        buffer = self._buffer
         if len(buffer) <= end:
             return None
         if buffer[end] != 0x2C:  # ','
