@@ -183,6 +183,26 @@ def test_plot_backends_writes_a_png(tmp_path: Path) -> None:
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_plot_threads_vs_tasks_writes_a_png(tmp_path: Path) -> None:
+    # In a child process, as above; a failed count (no memory figure) is left out.
+    pytest.importorskip("matplotlib")
+    runs = [
+        {"connections": 10, "open_ms": 3.0, "rss_per_connection": 5000.0},
+        {"connections": 100, "open_ms": None, "rss_per_connection": None},
+    ]
+    doc = {
+        "machine": {"cpu_count": 2, "kernel": "Linux", "python": "3"},
+        "models": [{"backend": "trio", "kind": "tasks", "runs": runs}],
+    }
+    png = tmp_path / "tvt.png"
+    code = (
+        "import json, sys; from triosrv.bench._plot import plot_threads_vs_tasks; "
+        "plot_threads_vs_tasks(json.loads(sys.argv[1]), sys.argv[2])"
+    )
+    subprocess.run([sys.executable, "-c", code, json.dumps(doc), str(png)], check=True, timeout=60)
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
 def test_bench_threads_vs_tasks_reports_memory_and_open_time() -> None:
     out = io.StringIO()
     doc = bench_threads_vs_tasks(

@@ -745,7 +745,10 @@ def bench_backends_command(
     help="Connection counts.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def bench_threads_vs_tasks_command(connections: str, as_json: bool) -> None:
+@click.option(
+    "--plot", metavar="FILE.png", default=None, help="Also write a PNG (needs the 'plot' extra)."
+)
+def bench_threads_vs_tasks_command(connections: str, as_json: bool, plot: str | None) -> None:
     """Memory per idle connection, time to open N, switch cost: threads vs trio tasks."""
     try:
         counts = [int(c) for c in connections.split(",")]
@@ -754,10 +757,10 @@ def bench_threads_vs_tasks_command(connections: str, as_json: bool) -> None:
             "expected comma-separated counts", param_hint="'--connections'"
         ) from None
     try:
-        bench_threads_vs_tasks(counts=counts, as_json=as_json, out=sys.stdout)
+        bench_threads_vs_tasks(counts=counts, as_json=as_json, plot=plot, out=sys.stdout)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--connections'") from None
-    except BenchError as exc:
+    except (BenchError, RuntimeError) as exc:
         _fail(str(exc))
 
 

@@ -113,14 +113,21 @@ def bench_threads_vs_tasks(
     switch_round_trips: int = 20000,
     models: Sequence[tuple[str, str]] = MODELS,
     as_json: bool = False,
+    plot: str | None = None,
     out: TextIO,
 ) -> dict[str, Any]:
     """Measure and print (or print as JSON) the threads-vs-tasks table; return it.
 
-    Raises BenchError when a server fails, ValueError for a bad count.
+    ``plot`` also writes a PNG there (needs matplotlib, the ``plot`` extra; checked
+    before measuring). Raises BenchError when a server fails, ValueError for a bad count,
+    RuntimeError (one line) when ``plot`` is asked for without matplotlib.
     """
     if not counts or min(counts) < 1 or switch_round_trips < 1:
         raise ValueError("connection counts and switch round trips must be at least 1")
+    if plot is not None:
+        from ._plot import check_plotting
+
+        check_plotting()  # fail before minutes of measuring, not after
     cpus = plan_cpus()
     doc: dict[str, Any] = {"machine": machine_facts(cpus), "models": []}
     has_backend = listen_has_backend()
@@ -143,6 +150,10 @@ def bench_threads_vs_tasks(
         out.write(json.dumps(doc, indent=2) + "\n")
     else:
         out.write("\n".join(render_threads_vs_tasks(doc)) + "\n")
+    if plot is not None:
+        from ._plot import plot_threads_vs_tasks
+
+        plot_threads_vs_tasks(doc, plot)
     return doc
 
 
