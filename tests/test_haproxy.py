@@ -1,7 +1,7 @@
 """A real HAProxy (Debian's package) in front of triosrv with send-proxy-v2.
 
-The configuration is the README's: ``examples/haproxy.cfg``, which the README
-includes verbatim (checked here too), with its two ports substituted.
+The configuration is the documentation's: ``examples/haproxy.cfg``, which
+``docs/howto/haproxy.md`` includes (checked here too), with its two ports substituted.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ CONFIG = ROOT / "examples" / "haproxy.cfg"
 FRONTEND, BACKEND = "127.0.0.1:7000", "127.0.0.1:7001"  # as written in the example
 
 
-def test_haproxy_readme_includes_the_example_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert f"```\n{CONFIG.read_text()}```" in readme
+def test_haproxy_howto_includes_the_example() -> None:
+    howto = (ROOT / "docs" / "howto" / "haproxy.md").read_text()
+    assert "```{literalinclude} ../../examples/haproxy.cfg\n" in howto
     text = CONFIG.read_text()
     assert FRONTEND in text and f"{BACKEND} send-proxy-v2" in text
 

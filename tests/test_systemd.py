@@ -133,17 +133,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def exec_start_arguments() -> list[str]:
-    """The arguments after ``listen`` on the README's unit's ExecStart line."""
+    """The arguments after ``listen`` on the documented unit's ExecStart line."""
     service = (EXAMPLES / "triosrv.service").read_text()
     [line] = [x for x in service.splitlines() if x.startswith("ExecStart=")]
     words = line.split()
     return words[words.index("listen") + 1 :]
 
 
-def test_systemd_readme_includes_the_example_units_verbatim() -> None:
-    readme = (EXAMPLES.parent / "README.md").read_text()
+def test_systemd_howto_includes_the_example_units() -> None:
+    howto = (EXAMPLES.parent / "docs" / "howto" / "systemd.md").read_text()
     for name in ("triosrv.socket", "triosrv.service"):
-        assert f"```ini\n{(EXAMPLES / name).read_text()}```" in readme, name
+        assert f"```{{literalinclude}} ../../examples/{name}\n" in howto, name
     assert "--systemd" in exec_start_arguments()
 
 
@@ -177,7 +177,7 @@ async def test_systemd_socket_activation_serves_without_binding_and_notifies(
     env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "echo"}
     env["NOTIFY_SOCKET"] = notify_path
     fd = listening.fileno()
-    # The README unit's ExecStart arguments; no --bind: the socket is fd 3.
+    # The documented unit's ExecStart arguments; no --bind: the socket is fd 3.
     command = [sys.executable, "-c", LAUNCHER, str(fd), *exec_start_arguments()]
     proc = await trio.lowlevel.open_process(command, env=env, pass_fds=[fd], stderr=subprocess.PIPE)
     listening.close()  # only the child holds it now: what it serves, it did not bind

@@ -1,7 +1,7 @@
 """The status document a control endpoint serves, and its text rendering.
 
-The document is plain JSON data; its shape is documented in the README
-("Diagnostics") and versioned by ``"version"``.
+The document is plain JSON data; its shape is documented in
+``docs/reference/status.md`` and versioned by ``"version"``.
 
 What it costs, and how it scales. The connections are listed a page at a time
 (``offset``/``limit``, at most :data:`MAX_LIMIT` per request, :data:`DEFAULT_LIMIT` by
@@ -104,7 +104,7 @@ def status_document(
     offset: int = 0,
     limit: int = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
-    """The status of ``server`` now, as plain data (see the README for the shape),
+    """The status of ``server`` now, as plain data (its shape: docs/reference/status.md),
     built in one go: one consistent moment, at a cost that grows with ``limit``.
 
     ``started_at`` is the ``trio.current_time()`` and ``started_wall`` the

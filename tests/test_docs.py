@@ -1,0 +1,157 @@
+"""The documentation: it builds with warnings as errors, it lists every public name and
+every ``triosrv listen`` option, every Python example in it runs, and the README stays
+short and free of machine paths.
+
+The site is built once per test session (``docs_html``), into a temporary directory,
+by the same command CI runs: ``sphinx-build -W --keep-going -b html docs OUT``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PUBLIC_MODULES = ("triosrv", "triosrv.testing", "triosrv.protocols", "triosrv.lowlevel")
+FENCE = re.compile(
+    r"^(`{3,})(?:python|py|\{code-block\} python)[ \t]*\n(.*?)^\1[ \t]*$", re.M | re.S
+)
+# Machine paths and lab-notebook wording that must not reach a reader.
+FORBIDDEN = re.compile(r"/root/|/work/|/home/\w|\.pyenv|this session|the session before")
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def _python_examples() -> list[object]:
+    """Every fenced Python block of the README and the docs, as (where, code) params."""
+    found = []
+    for page in _pages():
+        if "_build" in page.parts:
+            continue
+        text = page.read_text()
+        for match in FENCE.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            where = f"{page.relative_to(ROOT)}:{line}"
+            found.append(pytest.param(where, match.group(2), id=where))
+    return found
+
+
+@pytest.fixture(scope="session")
+def docs_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built as CI builds it; the build's own output on failure."""
+    pytest.importorskip("sphinx")
+    out = tmp_path_factory.mktemp("docs") / "html"
+    build = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    done = subprocess.run(
+        [*build, "-d", str(out.parent / "doctrees"), str(DOCS), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"sphinx-build failed:\n{done.stdout}\n{done.stderr}"
+    return out
+
+
+def _inventory_names(html: Path) -> set[str]:
+    from sphinx.util.inventory import InventoryFile
+
+    with open(html / "objects.inv", "rb") as f:
+        inventory = InventoryFile.load(f, "", lambda base, uri: uri)
+    return {name for kind, entries in inventory.items() for name in entries}
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_inventory_holds_every_public_name(docs_html: Path, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    names = _inventory_names(docs_html)
+    missing = [n for n in module.__all__ if f"{module_name}.{n}" not in names]
+    assert not missing, f"{module_name}.__all__ names missing from objects.inv: {missing}"
+
+
+def test_cli_reference_lists_every_listen_option(docs_html: Path) -> None:
+    from triosrv._cli import main
+
+    listen = main.commands["listen"]
+    assert isinstance(listen, click.Command)
+    names = _inventory_names(docs_html)
+    options = [opt for p in listen.params if isinstance(p, click.Option) for opt in p.opts]
+    assert "--bind" in options
+    missing = [o for o in options if f"triosrv-listen.{o}" not in names]
+    assert not missing, f"triosrv listen options missing from the CLI reference: {missing}"
+    page = (docs_html / "reference" / "cli.html").read_text()
+    for opt in options:
+        assert f">{opt}<" in page, opt
+
+
+def test_every_page_is_built_and_reachable_from_the_index(docs_html: Path) -> None:
+    # Every source page became an HTML page, and the section indexes link to them.
+    for page in DOCS.rglob("*.md"):
+        if "_build" in page.parts:
+            continue
+        built = docs_html / page.relative_to(DOCS).with_suffix(".html")
+        assert built.exists(), built
+    index = (docs_html / "index.html").read_text()
+    for section in ("tutorial", "howto", "reference", "explanation"):
+        assert f'href="{section}/index.html"' in index, section
+
+
+def test_tutorial_covers_every_design(docs_html: Path) -> None:
+    from triosrv._config import BACKENDS
+
+    tutorial = "\n".join(p.read_text() for p in sorted((DOCS / "tutorial").glob("*.md")))
+    for backend in BACKENDS:
+        assert f"triosrv listen --backend {backend}" in tutorial or backend == "trio", backend
+    assert "weak_echo_server.py" in tutorial  # the blocking server, step 1
+    for topic in ("FD_SETSIZE", "O(N)", "flat", "KiB per", "Cancellation"):
+        assert topic in tutorial, topic
+
+
+@pytest.mark.parametrize(("where", "code"), _python_examples())
+def test_python_example_runs(where: str, code: str, tmp_path: Path) -> None:
+    """Each example runs as it stands, from the checkout's root; a block that defines
+    ``test_*`` functions is run by pytest (trio mode), as a reader's test file would be."""
+    script = tmp_path / "test_example.py"
+    script.write_text(code)
+    if re.search(r"^(async )?def test_", code, re.M):
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
+        cmd += ["-o", "trio_mode=true", "--rootdir", str(tmp_path), str(script)]
+    else:
+        cmd = [sys.executable, str(script)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert done.returncode == 0, f"{where} failed:\n{done.stdout}\n{done.stderr}"
+
+
+def test_readme_is_short_starts_with_the_two_commands_and_has_no_machine_paths() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "triosrv listen" in first_block
+    assert "pip install -e '.[test]' && pytest" in first_block
+    # CI runs exactly the README's test command.
+    assert "pip install -e '.[test]' && pytest\n" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_machine_paths_or_session_language(page: Path) -> None:
+    hits = [m.group(0) for m in FORBIDDEN.finditer(page.read_text())]
+    assert not hits, f"{page.relative_to(ROOT)}: {hits}"
+
+
+def test_readme_links_point_at_existing_pages() -> None:
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert links
+    for link in links:
+        assert (ROOT / link).exists(), link
