@@ -8,12 +8,21 @@ by the same command CI runs: ``sphinx-build -W --keep-going -b html docs OUT``.
 
 from __future__ import annotations
 
+import contextlib
+import html
+import http.server
 import importlib
+import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -155,3 +164,120 @@ def test_readme_links_point_at_existing_pages() -> None:
     assert links
     for link in links:
         assert (ROOT / link).exists(), link
+
+
+# -- the built site in a real browser (headless Chromium; skipped where there is none) --
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Loads each page in a same-origin iframe, waits for its images, checks every image
+# decoded and every internal link answers, and writes one line per finding.
+HARNESS = """<!doctype html><html><body><pre id="out">pending</pre><script>
+async function check(pages) {
+  const out = [];
+  for (const page of pages) {
+    const frame = document.createElement("iframe");
+    frame.width = 1200; frame.height = 800;
+    document.body.appendChild(frame);
+    await new Promise(done => { frame.onload = done; frame.src = page; });
+    const doc = frame.contentDocument;
+    await Promise.all([...doc.images].map(
+      i => i.complete ? null : new Promise(done => { i.onload = i.onerror = done; })));
+    for (const i of doc.querySelectorAll("article img"))
+      out.push(`img ${page} ${i.getAttribute("src")} ${i.naturalWidth}`);
+    const links = new Set([...doc.querySelectorAll("a[href]")]
+      .map(a => a.href.split("#")[0]).filter(h => h.startsWith(location.origin)));
+    for (const link of links) {
+      const answer = await fetch(link, {method: "HEAD"});
+      if (!answer.ok) out.push(`broken ${page} ${link} ${answer.status}`);
+    }
+    out.push(`page ${page} links ${links.size} title ${doc.title}`);
+    frame.remove();
+  }
+  return out;
+}
+check(PAGES).then(
+  out => { document.getElementById("out").textContent = out.join("\\n") + "\\nDONE"; },
+  err => { document.getElementById("out").textContent = "ERROR " + err; });
+</script></body></html>
+"""
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no chromium on this machine")
+
+
+@contextlib.contextmanager
+def _serve_directory(root: Path) -> Iterator[str]:
+    """An HTTP server for ``root`` on 127.0.0.1 (a free port), stopped on exit."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="docs http")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _run_chromium(args: list[str], tmp_path: Path, timeout: float = 120) -> str:
+    """Run headless Chromium once (its own profile and process group); its stdout."""
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    cmd = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:  # timed out: stop it and its children, by group id
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    return out.decode(errors="replace")
+
+
+def test_site_renders_in_chromium_with_working_links_and_plots(
+    docs_html: Path, tmp_path: Path
+) -> None:
+    pages = sorted(str(p.relative_to(docs_html)) for p in docs_html.rglob("*.html"))
+    pages = [p for p in pages if not p.startswith(("_modules", "_sources", "genindex", "search"))]
+    harness = HARNESS.replace("PAGES", json.dumps(pages))
+    (docs_html / "_browser_check.html").write_text(harness)
+    with _serve_directory(docs_html) as origin:
+        dom = _run_chromium(
+            ["--virtual-time-budget=60000", "--dump-dom", f"{origin}/_browser_check.html"],
+            tmp_path,
+        )
+        shot = tmp_path / "performance.png"
+        page = f"{origin}/explanation/performance.html"
+        _run_chromium(["--window-size=1280,2400", f"--screenshot={shot}", page], tmp_path)
+    report = html.unescape(dom.split('<pre id="out">', 1)[1].split("</pre>", 1)[0])
+    assert report.endswith("DONE"), report[-2000:]
+    lines = report.splitlines()
+    assert not [line for line in lines if line.startswith("broken")], report
+    assert len([line for line in lines if line.startswith("page")]) == len(pages)
+    images = [line.split() for line in lines if line.startswith("img")]
+    plots = [i for i in images if i[1] == "explanation/performance.html"]
+    assert len(plots) >= 2, images
+    assert all(int(width) > 0 for *_, width in images), images  # every image decoded
+    assert shot.read_bytes().startswith(b"\x89PNG")
