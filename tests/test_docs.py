@@ -42,16 +42,24 @@ def _pages() -> list[Path]:
 
 
 def _python_examples() -> list[object]:
-    """Every fenced Python block of the README and the docs, as (where, code) params."""
+    """The fenced Python blocks of the README and each docs page, as (where, code) params.
+
+    A page's blocks are one program, run in order (a later block may use what an
+    earlier one defined, as in a literate how-to); blocks that define ``test_*``
+    functions are the page's test file instead.
+    """
     found = []
     for page in _pages():
         if "_build" in page.parts:
             continue
         text = page.read_text()
-        for match in FENCE.finditer(text):
-            line = text.count("\n", 0, match.start()) + 1
-            where = f"{page.relative_to(ROOT)}:{line}"
-            found.append(pytest.param(where, match.group(2), id=where))
+        blocks = [m.group(2) for m in FENCE.finditer(text)]
+        tests = [b for b in blocks if re.search(r"^(async )?def test_", b, re.M)]
+        program = [b for b in blocks if b not in tests]
+        where = str(page.relative_to(ROOT))
+        for kind, group in (("program", program), ("tests", tests)):
+            if group:
+                found.append(pytest.param(where, "\n\n".join(group), id=f"{where}:{kind}"))
     return found
 
 
