@@ -256,6 +256,23 @@ def test_protocols_reexport_all_public_names() -> None:
         "IncompleteFrameError",
         "encode_varint",
         "decode_varint",
+        # RESP2, the Redis protocol (tests/test_resp.py)
+        "RESP_DEFAULT_MAX_BULK_LEN",
+        "RESP_DEFAULT_MAX_QUERY_BUFFER",
+        "RESP_INLINE_MAX_SIZE",
+        "RESP_NULL_ARRAY",
+        "RESP_NULL_BULK",
+        "RESP_OK",
+        "RespParser",
+        "RespProtocolError",
+        "RespValue",
+        "parse_resp_int",
+        "resp_array",
+        "resp_bulk",
+        "resp_error",
+        "resp_integer",
+        "resp_simple",
+        "split_resp_inline",
     }
 
 
