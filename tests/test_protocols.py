@@ -191,18 +191,7 @@ def protocol_sources() -> list[Path]:
     return sorted(Path(triosrv.protocols.__file__).parent.glob("*.py"))
 
 
-def test_protocols_import_no_trio_socket_or_time() -> None:
-    forbidden = {"trio", "socket", "time"}
-    # ast, not sys.modules: the datetime C module itself imports time at startup.
-    for path in protocol_sources():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                roots = {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                roots = {node.module.split(".")[0]}
-            else:
-                continue
-            assert not roots & forbidden, f"{path.name}:{node.lineno} imports {roots}"
+# Imports (no trio, socket or time here) are checked by import-linter: tests/test_layers.py.
 
 
 def test_protocols_read_no_clock() -> None:
