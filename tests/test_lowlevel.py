@@ -22,9 +22,9 @@ from triosrv.lowlevel import (
     EpollMultiplexer,
     EventLoop,
     Multiplexer,
+    NonblockingMultiplexer,
     PollMultiplexer,
     SelectMultiplexer,
-    TryEveryFd,
 )
 from triosrv.protocols import Echo, Protocol
 
@@ -317,7 +317,7 @@ async def test_epoll_edge_triggered_reports_each_change_once() -> None:
 
 
 async def test_try_every_fd_reports_everything_and_sleeps_when_idle() -> None:
-    poller = TryEveryFd(interval=0.2)
+    poller = NonblockingMultiplexer(interval=0.2)
     moved = [0]
     poller.progress = lambda: moved[0]
     poller.register(5, READABLE)

@@ -8,13 +8,10 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 from ._connection import Connection
+from .lowlevel._sizes import SEND_SIZE
 from .protocols import Chargen, Daytime, Discard, Echo, Protocol, answer_method
 
 Handler = Callable[[Connection], Awaitable[object]]
-
-# The most one send hands the kernel. Larger sends only sit in our memory while the
-# peer is slow; 64 KiB keeps a connection's footprint flat.
-SEND_SIZE = 65536
 
 
 class ProtocolHandler:

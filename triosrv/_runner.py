@@ -13,7 +13,8 @@ import trio
 
 from ._config import ServerConfig
 from ._errors import BindError, ConfigError, lone_exception
-from ._server import Handler, Server, serve
+from ._handlers import Handler
+from ._server import Server, serve
 from ._systemd import notify
 from .diagnostics import serve_control
 

@@ -26,7 +26,7 @@ import errno
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Literal
 
 import attrs
@@ -35,19 +35,18 @@ import trio
 from ._accept import FdReserve
 from ._backends import check_backend, make_backend
 from ._backends._trio import TrioBackend
-from ._blocking import BlockingDetector
+from ._blocking_detector import BlockingDetector
 from ._config import ServerConfig
 from ._connection import Connection
 from ._deadlines import DeadlineKeeper, LiveConnection
 from ._errors import TIMEOUT_KINDS, ConnectionTimeout
+from ._handlers import Handler as Handler  # re-exported: tests and tools import it here
 from ._isolation import LOG_LIMIT, RESOURCE_ERRNOS, accept_error_pause, rate_limited
 from ._listeners import Listener, configure_accepted, format_local, format_peer, open_listeners
 from ._preamble import Preamble
 from ._snapshots import ConnectionSnapshot, connection_snapshots
 
 logger = logging.getLogger("triosrv")
-
-Handler = Callable[[Connection], Awaitable[object]]
 
 
 @attrs.frozen(kw_only=True)

@@ -1,14 +1,14 @@
 """The seven server designs a :class:`~triosrv.Server` can run (``ServerConfig.backend``).
 
-| backend       | module            | what it is                                      |
-| ------------- | ----------------- | ----------------------------------------------- |
-| `trio`        | ``_trio.py``      | task per connection, the handler on a stream    |
-| `trio-fd`     | ``_trio_fd.py``   | task per connection, the protocol on the raw fd |
-| `epoll`       | ``_loops.py``     | one loop, epoll                                 |
-| `poll`        | ``_loops.py``     | one loop, poll() in a worker thread             |
-| `select`      | ``_loops.py``     | one loop, select() in a worker thread           |
-| `nonblocking` | ``_loops.py``     | one loop trying every fd, sleeping when idle    |
-| `blocking`    | ``_blocking.py``  | a thread per connection, blocking calls         |
+| backend       | module              | what it is                                      |
+| ------------- | ------------------- | ----------------------------------------------- |
+| `trio`        | ``_trio.py``        | task per connection, the handler on a stream    |
+| `trio-fd`     | ``_trio_fd.py``     | task per connection, the protocol on the raw fd |
+| `epoll`       | ``_single_loop.py`` | one loop, epoll                                 |
+| `poll`        | ``_single_loop.py`` | one loop, poll() in a worker thread             |
+| `select`      | ``_single_loop.py`` | one loop, select() in a worker thread           |
+| `nonblocking` | ``_single_loop.py`` | one loop trying every fd, sleeping when idle    |
+| `blocking`    | ``_blocking.py``    | a thread per connection, blocking calls         |
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .._config import BACKENDS, ServerConfig
 from .._errors import ConfigError
 from ._base import Backend
 from ._blocking import BlockingBackend
-from ._loops import EpollBackend, NonblockingBackend, PollBackend, SelectBackend
+from ._single_loop import EpollBackend, NonblockingBackend, PollBackend, SelectBackend
 from ._trio import TrioBackend
 from ._trio_fd import TrioFdBackend
 

@@ -17,17 +17,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 import trio
 
+from ..lowlevel._sizes import ACCEPT_BATCH
 from ..protocols import Protocol
 
 if TYPE_CHECKING:
     from .._handlers import Handler
     from .._listeners import Listener
     from .._server import Server
-
-# How many connections one accept loop takes from the kernel before it lets other
-# tasks run. Taking the whole queue in one go is what makes a burst of 1000 clients
-# cheap: one accept per scheduler pass made trio.serve_tcp quadratic in the burst.
-ACCEPT_BATCH = 256
 
 
 class Backend(abc.ABC):

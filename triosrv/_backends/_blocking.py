@@ -31,12 +31,11 @@ import trio
 from .._isolation import is_handler_failure, rate_limited
 from ..lowlevel import ConnectionRecord, close_fd, run_sync_interruptible
 from ..lowlevel._record import NOT_WAITING, RECEIVING, SENDING
+from ..lowlevel._sizes import SEND_SIZE
 from ..protocols import Protocol, answer_method
 from ._base import AcceptingBackend
 
 logger = logging.getLogger("triosrv")
-
-SEND_SIZE = 65536
 
 
 class ThreadConnection(ConnectionRecord):

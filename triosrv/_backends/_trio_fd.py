@@ -22,13 +22,12 @@ import trio
 from .._isolation import is_handler_failure
 from ..lowlevel import ConnectionRecord, close_fd, wait_readable, wait_writable
 from ..lowlevel._record import NOT_WAITING, RECEIVING, SENDING
+from ..lowlevel._sizes import SEND_SIZE
 from ..protocols import Protocol, answer_method
 from ._base import AcceptingBackend
 
 # Driver steps a connection may take without waiting before it yields to the others.
 SPIN_LIMIT = 16
-# The most bytes one write hands the kernel (as the other drivers).
-SEND_SIZE = 65536
 
 
 class FdConnection(ConnectionRecord):

@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from .._config import BACKENDS
 from ._conns import ConnectionPool, ping_pong
 from ._load import run_load
 from ._servers import (
@@ -45,8 +46,6 @@ from ._servers import (
 )
 
 __all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend"]
-
-BACKENDS = ("trio", "trio-fd", "epoll", "poll", "select", "nonblocking", "blocking")
 
 # How each backend finds a ready connection: (short, for the table; long, for the legend).
 READINESS = {

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._blocking import BlockingDetector
+from .._blocking_detector import BlockingDetector
 from .._snapshots import ConnectionSnapshot, connection_snapshots, snapshot_connection
 from ._control import ControlEndpoint, control_request, serve_control, watch_status
 from ._errors import DiagnosticsError, require_extra

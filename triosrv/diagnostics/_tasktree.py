@@ -23,7 +23,7 @@ from typing import Any, NotRequired, TypedDict
 
 import trio
 
-from .._blocking import awaiting_location
+from .._blocking_detector import awaiting_location
 
 # The text view lists at most this many tasks per nursery.
 TEXT_MAX_TASKS = 100

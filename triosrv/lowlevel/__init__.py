@@ -4,17 +4,17 @@
   :func:`close_fd` -- trio's I/O-manager primitives and the one way to close an fd a
   task may be waiting on.
 * :class:`SelectMultiplexer`, :class:`PollMultiplexer`, :class:`EpollMultiplexer` --
-  one interface (:class:`Multiplexer`) over the three system calls, each really made.
+  one interface (:class:`Multiplexer`) over the three system calls, each really made;
+  :class:`NonblockingMultiplexer` is the non-multiplexer of the ``nonblocking``
+  (busy-polling) design (``TryEveryFd``, its former name, still imports).
 * :class:`EventLoop` -- the single-task server loop the ``epoll``, ``poll``,
-  ``select`` and ``nonblocking`` backends run; :class:`TryEveryFd` is the
-  non-multiplexer of the busy-polling design.
+  ``select`` and ``nonblocking`` backends run.
 * :func:`run_sync_interruptible` -- a blocking call in a worker thread that
   cancellation interrupts and always joins.
 """
 
 from __future__ import annotations
 
-from ._busy import TryEveryFd
 from ._fd import close_fd, notify_closing, wait_readable, wait_writable
 from ._loop import EventLoop, LoopConnection, LoopHost
 from ._multiplexers import (
@@ -28,6 +28,7 @@ from ._multiplexers import (
     PollMultiplexer,
     SelectMultiplexer,
 )
+from ._nonblocking import NonblockingMultiplexer, TryEveryFd
 from ._record import ConnectionRecord
 from ._threads import run_sync_interruptible
 
@@ -43,6 +44,7 @@ __all__ = [
     "LoopConnection",
     "LoopHost",
     "Multiplexer",
+    "NonblockingMultiplexer",
     "PollMultiplexer",
     "SelectMultiplexer",
     "TryEveryFd",

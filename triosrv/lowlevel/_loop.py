@@ -52,9 +52,9 @@ reached through the small :class:`LoopHost` interface, called per accept and per
 never per event. The loop never closes a listener: it only stops watching it
 (:meth:`EventLoop.stop_accepting`), and the owner closes it.
 
-:class:`TryEveryFd` turns the same loop into the busy-polling design: each pass tries
-every fd (the syscalls fail with ``BlockingIOError`` when nothing is there), and when a
-whole pass moved nothing the loop sleeps ``interval`` seconds.
+:class:`NonblockingMultiplexer` turns the same loop into the busy-polling design: each
+pass tries every fd (the syscalls fail with ``BlockingIOError`` when nothing is there),
+and when a whole pass moved nothing the loop sleeps ``interval`` seconds.
 """
 
 from __future__ import annotations
@@ -70,9 +70,8 @@ from ..protocols import Answer, Protocol, answer_method
 from ._fd import close_fd
 from ._multiplexers import PEER_CLOSED, READABLE, WRITABLE, Multiplexer, Ready
 from ._record import RECEIVING, SENDING, ConnectionRecord
+from ._sizes import ACCEPT_BATCH, SEND_SIZE
 
-# The most bytes one send hands the kernel (as the trio backend's protocol driver).
-SEND_SIZE = 65536
 # The smallest size a receive asks for, however small the chunks (see _resized): a
 # bytes object of up to 256 bytes comes from Python's small-object allocator, while a
 # 64 KiB receive buffer is a malloc() and realloc() in the C library -- measured ~700 of
@@ -81,8 +80,6 @@ READ_SIZE_MIN = 256
 # Sends one connection may make in one pass before the others get their turn: a
 # protocol that always has output (chargen) to a fast reader would starve them.
 SEND_BUDGET = 4
-# Connections one listener accepts per pass (see ACCEPT_BATCH in the trio backend).
-ACCEPT_BATCH = 256
 # Batches of ready fds handled between two trio checkpoints. A checkpoint (a pass
 # of trio's scheduler, ~5 us plus an epoll_wait of trio's own) costs about as much as
 # handling a few echoes; under load the next batch is usually ready at once. Bounded

@@ -11,8 +11,8 @@ import trio
 
 from .._config import ServerConfig
 from .._errors import lone_exception
-from .._handlers import load_handler
-from .._server import Handler, Server, serve
+from .._handlers import Handler, load_handler
+from .._server import Server, serve
 from ._leaks import check_no_leaks
 
 

@@ -1,4 +1,8 @@
-"""The busy-polling design's stand-in for a multiplexer: no multiplexer at all."""
+"""The ``nonblocking`` design's multiplexer: no multiplexer at all, every fd is tried.
+
+The backend, this module and its class share the name of the design (non-blocking
+sockets tried in turn, a sleep when idle); ``TryEveryFd`` is its former name.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import trio
 from ._multiplexers import Multiplexer, Ready
 
 
-class TryEveryFd(Multiplexer):
+class NonblockingMultiplexer(Multiplexer):
     """Not a multiplexer but the absence of one: every wait reports every fd.
 
     The loop then tries each syscall and gets ``BlockingIOError`` where nothing is
@@ -56,3 +60,7 @@ class TryEveryFd(Multiplexer):
         self.calls += 1
         self.last_watched = len(self._interest)
         return list(self._interest.items())
+
+
+#: The former name of :class:`NonblockingMultiplexer`, kept for existing imports.
+TryEveryFd = NonblockingMultiplexer

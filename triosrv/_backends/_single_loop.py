@@ -21,9 +21,9 @@ from ..lowlevel import (
     EpollMultiplexer,
     EventLoop,
     Multiplexer,
+    NonblockingMultiplexer,
     PollMultiplexer,
     SelectMultiplexer,
-    TryEveryFd,
 )
 from ._base import Backend
 
@@ -67,7 +67,7 @@ class LoopBackend(Backend):
         loop = EventLoop(
             self, mux, listeners, factory, recv_size=self.server.config.limits.recv_size
         )
-        if isinstance(mux, TryEveryFd):
+        if isinstance(mux, NonblockingMultiplexer):
             mux.progress = loop.progress
         self.loop = loop
         await loop.run(task_status=task_status)  # closes mux when it ends
@@ -160,4 +160,4 @@ class NonblockingBackend(LoopBackend):
     name = "nonblocking"
 
     def _make_multiplexer(self) -> Multiplexer:
-        return TryEveryFd(self.server.config.nonblocking_interval)
+        return NonblockingMultiplexer(self.server.config.nonblocking_interval)
