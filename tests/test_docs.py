@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -289,3 +290,55 @@ def test_site_renders_in_chromium_with_working_links_and_plots(
     assert len(plots) >= 2, images
     assert all(int(width) > 0 for *_, width in images), images  # every image decoded
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+# -- every `triosrv ...` command the docs show parses with today's command line --------
+
+SHELL_FENCE = re.compile(r"^(`{3,})(?:sh|bash|console|shell)[ \t]*\n(.*?)^\1[ \t]*$", re.M | re.S)
+
+
+def _documented_commands() -> list[object]:
+    """Each ``triosrv`` command line in a shell block of the README and the docs."""
+    found = []
+    for page in _pages():
+        text = page.read_text()
+        for block in SHELL_FENCE.finditer(text):
+            for line in block.group(2).replace("\\\n", " ").splitlines():
+                line = line.strip().removeprefix("$ ")
+                if not re.match(r"([A-Z_]+=\S*\s+)*triosrv\s", line):
+                    continue  # another program, or output
+                words = shlex.split(line, comments=True)
+                # Drop VAR=value prefixes and anything after a pipe or a separator.
+                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                    words.pop(0)
+                for i, word in enumerate(words):
+                    if word in ("|", "&", "&&", ";", "||", ">", "2>"):
+                        words = words[:i]
+                        break
+                if words[:1] == ["triosrv"]:
+                    where = f"{page.relative_to(ROOT)}: {' '.join(words)}"
+                    found.append(pytest.param(words[1:], id=where))
+    return found
+
+
+def _parse(command: click.Command, args: list[str], parent: click.Context | None) -> None:
+    name = command.name or "triosrv"
+    with command.make_context(name, list(args), parent=parent) as ctx:
+        if isinstance(command, click.Group):
+            rest = [*ctx._protected_args, *ctx.args]
+            _name, sub, rest = command.resolve_command(ctx, rest)
+            assert sub is not None
+            _parse(sub, rest, ctx)
+
+
+@pytest.mark.parametrize("args", _documented_commands())
+def test_documented_command_parses(args: list[str]) -> None:
+    """Options, values and subcommands as the docs write them are accepted (nothing runs)."""
+    from triosrv._cli import main
+
+    try:
+        _parse(main, args, None)
+    except click.exceptions.Exit:  # --help, --version: parsed fine
+        pass
+    except click.UsageError as exc:
+        pytest.fail(f"triosrv {' '.join(args)}: {exc.format_message()}")

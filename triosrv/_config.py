@@ -18,7 +18,7 @@ from ._errors import ConfigError
 
 OVERLOAD_MODES = ("wait", "reject")
 HANDLER_ERROR_MODES = ("log", "raise")
-#: The server designs :class:`ServerConfig` can select (see the README's table).
+#: The server designs :class:`ServerConfig` can select (see docs/explanation/backends.md).
 BACKENDS = ("trio", "trio-fd", "epoll", "poll", "select", "nonblocking", "blocking")
 PROXY_PROTOCOL_MODES = ("off", "v1", "v2", "auto")
 # Who may send a PROXY header when proxy_allow_from is not given: this machine only.
@@ -81,7 +81,7 @@ class Timeouts:
       window, and is waiting for more, is closed
       (:class:`~triosrv.SlowReceiveTimeout`). A silent window is left to ``idle``;
       a window that ends while the server is not waiting for the peer (it is sending,
-      or the handler is busy) does not count. The README says why it is off by
+      or the handler is busy) does not count. docs/howto/run-a-server.md says why it is off by
       default.
     """
 
@@ -243,7 +243,7 @@ class ServerConfig:
     files. ``handler_errors="log"`` isolates handler crashes; ``"raise"`` lets them
     crash the server, as trio would.
 
-    Deployment (see the README's "Deploying"): ``tls_certfile``/``tls_keyfile`` (PEM)
+    Deployment (see docs/howto/tls.md and haproxy.md): ``tls_certfile``/``tls_keyfile`` (PEM)
     wrap every connection in TLS; ``proxy_protocol`` (``"v1"``, ``"v2"`` or ``"auto"``
     for either) requires a PROXY header on every connection, accepted only from
     ``proxy_allow_from`` (CIDR networks; default loopback only; Unix-socket peers are
@@ -251,7 +251,7 @@ class ServerConfig:
     processes can bind one port. The TLS handshake and the PROXY header run under
     ``Timeouts.handshake``.
 
-    ``backend`` picks the server design, one of :data:`BACKENDS` (the README's table):
+    ``backend`` picks the server design, one of :data:`BACKENDS` (docs/explanation/backends.md):
     ``"trio"`` (the default) and ``"trio-fd"`` run a task per connection, ``"epoll"``,
     ``"poll"``, ``"select"`` and ``"nonblocking"`` one loop for all, ``"blocking"`` a
     thread per connection. ``nonblocking_interval`` is how long the ``nonblocking``

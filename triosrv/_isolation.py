@@ -1,8 +1,8 @@
 """The isolation rule: what may end each task the server starts, and what may end the server.
 
-This module is the one place the rule is written down in code; the README/docs
-("Isolation") say the same in prose. Every task a running server starts has an owner
-and a failure rule:
+This module is the one place the rule is written down in code; the docs
+(docs/explanation/design.md, "Isolation") include this text. Every task a running
+server starts has an owner and a failure rule:
 
 ==========================  ==========================  ===================================
 task                        ended by                    what its failure ends

@@ -110,7 +110,7 @@ class SuiteReport:
         return "\n".join([*lines, "", *self._tail()])
 
     def format_markdown(self) -> str:
-        """The table as Markdown (for the README), then the failures and totals."""
+        """The table as Markdown (for docs/howto/chaos.md), then the failures and totals."""
         rows = self.rows()
         lines = [f"| {' | '.join(row)} |" for row in rows]
         lines.insert(1, f"|{' --- |' * len(rows[0])}")
