@@ -28,7 +28,7 @@ from triosrv.bench._conns import ConnectionPool, ping_pong
 from triosrv.bench._loadcmd import parse_target
 from triosrv.bench._report import progress
 from triosrv.bench._servers import listen_has_backend, running_server
-from triosrv.bench._tvt import thread_switch_us, trio_switch_us
+from triosrv.bench._threads_vs_tasks import thread_switch_us, trio_switch_us
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = [sys.executable, str(REPO / "scripts" / "_trio_echo_baseline.py")]

@@ -12,7 +12,7 @@ from ._load import LoadResult, run_load
 from ._loadcmd import bench_load
 from ._paired import PairedResult, run_paired, swapped
 from ._servers import BenchError
-from ._tvt import bench_threads_vs_tasks
+from ._threads_vs_tasks import bench_threads_vs_tasks
 
 __all__ = [
     "BACKENDS",

@@ -28,7 +28,7 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -216,11 +216,3 @@ def pinned_here(cpu: int | None) -> Callable[[], None]:
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
     return lambda: os.sched_setaffinity(0, before)
-
-
-def check_backends(names: Sequence[str]) -> list[str]:
-    """Return the names, or raise ValueError naming the allowed ones."""
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown:
-        raise ValueError(f"unknown backend {unknown[0]!r}; expected some of {', '.join(BACKENDS)}")
-    return list(names)

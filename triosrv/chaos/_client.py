@@ -58,11 +58,6 @@ def abort(sock: trio.socket.SocketType) -> None:
         sock.close()
 
 
-def abort_stream(stream: trio.SocketStream) -> None:
-    """:func:`abort` for the socket inside a ``trio.SocketStream``."""
-    abort(stream.socket)
-
-
 def pending_error(sock: trio.socket.SocketType) -> int:
     """The socket's pending error (``ECONNRESET`` after a reset), 0 if none; no read."""
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
@@ -88,21 +83,6 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return errno.errorcode.get(exc.errno, str(exc.errno))
     return type(exc).__name__
-
-
-async def read_until_closed(sock: trio.socket.SocketType, *, chunk: int = 65536) -> str:
-    """Read and drop everything until the server ends the connection.
-
-    Returns ``"eof"`` (the server closed cleanly) or ``"reset"``. Runs until then, so
-    the caller bounds it with a cancel scope.
-    """
-    while True:
-        try:
-            data = await sock.recv(chunk)
-        except (ConnectionResetError, BrokenPipeError):
-            return "reset"
-        if not data:
-            return "eof"
 
 
 async def send_quietly(sock: trio.socket.SocketType, data: bytes) -> str | None:
