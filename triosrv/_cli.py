@@ -21,7 +21,7 @@ from ._backends import available_backends, require_backend
 from ._config import BACKENDS as SERVER_BACKENDS
 from ._config import Limits, ServerConfig, Timeouts, parse_bind
 from ._errors import BindError, ConfigError
-from ._options import DEFAULTS, effective_options, format_options, load_listen
+from ._options import DEFAULTS, MAX_WORKERS, effective_options, format_options, load_listen
 from ._runner import configure_logging, serve_until_signalled
 from ._workers import supervise_until_signalled
 from .bench import (
@@ -273,7 +273,7 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_WORKERS),
     default=None,
     help="Run N worker processes on the binds (SO_REUSEPORT), restarted if they die.",
 )

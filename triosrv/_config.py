@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -139,6 +141,27 @@ class BindSpec:
         return f"{self.host}:{self.port}"
 
 
+_PORT = re.compile(r"[0-9]{1,10}")
+# sun_path holds 108 bytes on Linux (104 on the BSDs), the terminating NUL included.
+MAX_UNIX_PATH = 107
+
+
+def check_unix_path(field: str, path: object) -> str:
+    """``path`` if it can name a Unix socket; :class:`ConfigError` naming ``field``
+    otherwise (empty, a NUL byte, longer than the kernel's sun_path)."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ConfigError(f"{field}: unix: needs a path, got {path!r}")
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeEncodeError:
+        raise ConfigError(f"{field}: the unix socket path is not valid text: {path!r}") from None
+    if size > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"{field}: the unix socket path is {size} bytes; at most {MAX_UNIX_PATH} fit"
+        )
+    return path
+
+
 def parse_bind(text: str) -> BindSpec:
     """Parse ``HOST:PORT``, ``[V6ADDR]:PORT``, ``unix:PATH`` or ``fd://N``.
 
@@ -152,13 +175,12 @@ def parse_bind(text: str) -> BindSpec:
         raise ConfigError(f"binds: {forms}, got {text!r}")
     if text.startswith("fd://"):
         number = text[len("fd://") :]
-        if not number.isascii() or not number.isdigit() or int(number) > 2**31 - 1:
+        if not _PORT.fullmatch(number) or int(number) > 2**31 - 1:
             raise ConfigError(f"binds: fd:// needs a file descriptor number, got {text!r}")
         return BindSpec("fd", fd=int(number))
     if text.startswith("unix:"):
         path = text[len("unix:") :]
-        if not path or "\0" in path:
-            raise ConfigError(f"binds: unix: needs a path, got {text!r}")
+        check_unix_path("binds", path)
         return BindSpec("unix", path=path)
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
@@ -172,7 +194,8 @@ def parse_bind(text: str) -> BindSpec:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host or ":" in host:
             raise ConfigError(f"binds: {forms}, got {text!r}")
-    if not port_text.isdigit() or int(port_text) > 65535:
+    # [0-9] only: str.isdigit() is true for "²" and int() reads Arabic-Indic digits.
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
         raise ConfigError(f"binds: port must be 0..65535, got {port_text!r} in {text!r}")
     return BindSpec("tcp", host=host, port=int(port_text))
 
@@ -209,11 +232,18 @@ def _to_networks(value: Iterable[str] | str) -> tuple[str, ...]:
 def _check_networks(_inst: object, _attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for text in value:
         try:
-            ipaddress.ip_network(text, strict=False)
+            network = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ConfigError(
                 f"proxy_allow_from: expected CIDR networks such as 10.0.0.0/8 or ::1/128, "
                 f"got {text!r}"
+            ) from None
+        try:
+            ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            # 1.2.3.4/8 would silently widen to 1.0.0.0/8: refuse, and say what it means.
+            raise ConfigError(
+                f"proxy_allow_from: {text!r} has host bits set; did you mean {network}?"
             ) from None
 
 

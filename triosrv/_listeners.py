@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import secrets
 import socket
 import stat
+import sys
 from collections.abc import Sequence
 
 import attrs
 
 from ._config import BindSpec
 from ._errors import BindError
+
+logger = logging.getLogger("triosrv")
 
 # The kernel caps the backlog at net.core.somaxconn, so asking for the most is the
 # way to say "as deep as this machine allows" (trio does the same).
@@ -47,10 +51,12 @@ class Listener:
         self.sock.close()
         if self.unix_path is not None and self._unix_inode is not None:
             try:
-                if os.stat(self.unix_path).st_ino == self._unix_inode:
+                if os.lstat(self.unix_path).st_ino == self._unix_inode:
                     os.unlink(self.unix_path)
             except FileNotFoundError:
-                pass
+                pass  # removed by someone else already: nothing of ours is left
+            except OSError as exc:  # the directory changed under us: leave the file
+                logger.warning("could not remove %s: %s", self.unix_path, exc.strerror)
             self._unix_inode = None
 
 
@@ -191,20 +197,34 @@ def _remove_stale_unix_socket(spec: BindSpec) -> None:
 
 
 def _open_unix(spec: BindSpec, backlog: int | None, mode: int) -> Listener:
-    _remove_stale_unix_socket(spec)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        # On Linux the socket file takes the socket inode's mode at bind(), so setting
-        # it first leaves no moment when the file is more open than asked.
+        # Every OSError here (a path component too long, a directory we may not
+        # search, another user's socket in the way) is a bind failure: one line.
+        _remove_stale_unix_socket(spec)
+        # The socket file takes the socket inode's mode at bind() on Linux, so setting
+        # it first leaves no moment when the file is more open than asked, and nothing
+        # touches the path after bind(): a chmod or stat by path would follow a
+        # symlink someone swapped in, in a shared directory. Elsewhere the umask does
+        # it (process-wide, so only around this one call).
         os.fchmod(sock.fileno(), mode)
-        sock.bind(spec.path)
-        os.chmod(spec.path, mode)
+        old_umask = None if sys.platform == "linux" else os.umask(0o777 & ~mode)
+        try:
+            sock.bind(spec.path)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
         sock.listen(backlog or MAX_BACKLOG)
         sock.setblocking(False)
-        inode = os.stat(spec.path).st_ino
+        # The inode of what we bound, read through the socket's own name (lstat: a
+        # symlink put there since is not ours and is never removed as ours).
+        inode = os.lstat(spec.path).st_ino
     except OSError as exc:
         sock.close()
         raise _bind_error(spec, exc) from None
+    except BaseException:
+        sock.close()
+        raise
     return Listener(sock, f"unix:{spec.path}", unix_path=spec.path, unix_inode=inode)
 
 

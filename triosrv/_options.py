@@ -17,12 +17,14 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._backends import check_backend
-from ._config import BACKENDS, Limits, ServerConfig, Timeouts, parse_bind
+from ._config import BACKENDS, Limits, ServerConfig, Timeouts, check_unix_path, parse_bind
 from ._errors import ConfigError
 from ._handlers import Handler, load_handler
 from ._preamble import load_tls_context
@@ -113,9 +115,17 @@ def _binds(key: str, value: object) -> object:
     return binds
 
 
+def _unix_path(key: str, value: object) -> object:
+    return check_unix_path(key, _text(key, value))
+
+
 def _allow_from(key: str, value: object) -> object:
     return ",".join(_texts(key, value))  # type: ignore[arg-type]  # a tuple of str
 
+
+#: The most ``--workers`` accepted: a typo of a few digits must not fork until the
+#: machine runs out of memory.
+MAX_WORKERS = 1024
 
 _TIMEOUTS, _LIMITS, _SERVER = Timeouts(), Limits(), ServerConfig()
 
@@ -142,7 +152,7 @@ OPTIONS: dict[str, tuple[Check, object]] = {
     "on-handler-error": (_choice("log", "raise"), _SERVER.handler_errors),
     "log-level": (_choice("debug", "info", "warning", "error"), "info"),
     "log-format": (_choice("text", "json"), "text"),
-    "control": (_optional(_text), None),
+    "control": (_optional(_unix_path), None),
     "warn-blocking": (_seconds, None),
     "metrics": (_optional(_text), None),
     "certfile": (_optional(_text), None),
@@ -150,7 +160,7 @@ OPTIONS: dict[str, tuple[Check, object]] = {
     "proxy-protocol": (_choice("off", "v1", "v2", "auto"), _SERVER.proxy_protocol),
     "proxy-allow-from": (_optional(_allow_from), None),
     "reuse-port": (_flag, False),
-    "workers": (_optional(_int_range(1)), None),
+    "workers": (_optional(_int_range(1, MAX_WORKERS)), None),
     "systemd": (_flag, False),
 }
 #: The defaults of every option, as :func:`effective_options` starts from.
@@ -188,6 +198,8 @@ def read_config_file(path: str) -> dict[str, object]:
     the file cannot be read, is not TOML, or has an unknown key or a bad value.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block start-up
+            raise ConfigError(f"{path}: not a regular file")
         with open(path, "rb") as file:
             doc = tomllib.load(file)
     except OSError as exc:

@@ -28,8 +28,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 import socket
 import ssl
+import stat
 from collections import Counter
 from typing import TYPE_CHECKING, Literal
 
@@ -37,6 +39,7 @@ import trio
 
 from ._connection import Connection, SocketConnection
 from ._errors import ConfigError
+from ._isolation import rate_limited
 from .protocols import ProxyHeader, ProxyProtocolError, parse_proxy_header
 
 if TYPE_CHECKING:
@@ -49,8 +52,9 @@ logger = logging.getLogger("triosrv")
 PEEK_SIZE = 536
 #: The kinds counted in :attr:`Preamble.failures`: a bad or missing PROXY header, a
 #: PROXY source outside ``proxy_allow_from``, a failed TLS handshake, and a peer that
-#: reset before sending its PROXY header (a load balancer's health check does that).
-FAILURE_KINDS = ("proxy_header", "proxy_refused", "tls", "reset")
+#: reset before sending its PROXY header (a load balancer's health check does that),
+#: and a failure of the preamble itself on one peer's bytes (logged with its traceback).
+FAILURE_KINDS = ("proxy_header", "proxy_refused", "tls", "reset", "error")
 
 
 class TLSConnection(Connection):
@@ -88,6 +92,12 @@ def load_tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContex
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
+        for path in (certfile, keyfile):
+            # A FIFO or a device would block start-up in load_cert_chain (reading a
+            # FIFO waits for a writer): only a regular file is a certificate or a key.
+            if path is not None and not stat.S_ISREG(os.stat(path).st_mode):
+                field = "tls_certfile" if path == certfile else "tls_keyfile"
+                raise ConfigError(f"{field}: cannot load {path}: not a regular file")
         context.load_cert_chain(certfile, keyfile, password=no_password)
     except OSError as exc:  # ssl.SSLError is an OSError too
         reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
@@ -139,9 +149,22 @@ class Preamble:
         Returns True if the handler may have the connection. On False the reason was
         logged and counted; the caller closes the connection.
         """
-        assert isinstance(conn, SocketConnection | TLSConnection)
+        if not isinstance(conn, SocketConnection | TLSConnection):
+            raise TypeError(f"the preamble needs a socket connection, got {conn!r}")
         with trio.move_on_after(self._handshake):
-            return await self._proxy_header(conn) and await self._tls_handshake(conn)
+            try:
+                return await self._proxy_header(conn) and await self._tls_handshake(conn)
+            except Exception:
+                # A bug of ours, or of a library, on one peer's bytes ends only that
+                # connection (the isolation rule, _isolation.py).
+                self.failures["error"] += 1
+                logger.exception(
+                    "connection %d from %s: the preamble failed",
+                    conn.id,
+                    conn.peer,
+                    extra=rate_limited("preamble_error"),
+                )
+                return False
         self._fired["handshake"] += 1
         conn._expired = "handshake"  # so conn.timed_out says why it ended
         logger.info(
@@ -149,6 +172,7 @@ class Preamble:
             conn.id,
             conn.peer,
             self._handshake,
+            extra=rate_limited("handshake_timeout"),
         )
         return False
 
@@ -172,9 +196,11 @@ class Preamble:
     async def _tls_handshake(self, conn: SocketConnection | TLSConnection) -> bool:
         if not isinstance(conn, TLSConnection):
             return True
-        assert isinstance(conn.stream, trio.SSLStream)
+        stream = conn.stream
+        if not isinstance(stream, trio.SSLStream):
+            raise TypeError(f"a TLS connection without an SSLStream: {stream!r}")
         try:
-            await conn.stream.do_handshake()
+            await stream.do_handshake()
         except trio.BrokenResourceError as exc:
             reason = exc.__cause__ or exc
             return self._failed(conn, "tls", f"TLS handshake failed: {reason}")
@@ -182,7 +208,13 @@ class Preamble:
 
     def _failed(self, conn: Connection, kind: str, message: str) -> bool:
         self.failures[kind] += 1
-        logger.info("connection %d from %s: %s", conn.id, conn.peer, message)
+        logger.info(
+            "connection %d from %s: %s",
+            conn.id,
+            conn.peer,
+            message,
+            extra=rate_limited(f"handshake_{kind}"),
+        )
         return False
 
     def _source_allowed(self, conn: SocketConnection | TLSConnection) -> bool:
@@ -226,10 +258,14 @@ async def read_proxy_header(
         header = parse_proxy_header(got + peeked, versions)
         # Consume only header bytes: all of them when incomplete, else exactly the rest.
         take = len(peeked) if header is None else header.length - len(got)
-        consumed = sock.recv(take)
-        assert len(consumed) == take, "the kernel returned less than it had just shown"
+        try:
+            consumed = sock.recv(take)
+        except OSError as exc:  # BlockingIOError too: what was peeked is there to read
+            raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
         got += consumed
-        if header is not None:
+        # The kernel returns what it just showed; should it return less, the header
+        # is not complete yet: peek again rather than trust a partial read.
+        if header is not None and len(consumed) == take:
             return header
 
 

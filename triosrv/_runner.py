@@ -22,6 +22,13 @@ logger = logging.getLogger("triosrv")
 
 #: Set by a ``--workers`` supervisor in each worker's environment: its own pid.
 SUPERVISOR_PID_ENV = "TRIOSRV_SUPERVISOR_PID"
+#: Signals that start the graceful drain (a second one cancels at once). SIGQUIT is
+#: Ctrl-\ (nginx's graceful stop); SIGHUP is a closed terminal, or a reload request
+#: that only a supervisor (``--workers``) can carry out.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP)
+#: Signals that log one line of statistics and change nothing.
+INFO_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+HANDLED_SIGNALS = STOP_SIGNALS + INFO_SIGNALS
 #: How often a worker checks that its supervisor still runs (real seconds).
 SUPERVISOR_CHECK_INTERVAL = 0.5
 
@@ -77,7 +84,7 @@ async def serve_until_signalled(
     exits, as on SIGTERM, once its supervisor is gone (killed with SIGKILL, say, so it
     could not stop its workers): a worker must not serve on unsupervised.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as nursery:
                 server: Server = await nursery.start(serve, handler, config)
@@ -127,9 +134,18 @@ async def _watch_signals(
 ) -> None:
     assert hasattr(signals, "__aiter__")
     count = 0
+    supervised = os.environ.get(SUPERVISOR_PID_ENV, "").isdigit()
     async for signum in signals:
-        count += 1
         name = signal.Signals(signum).name
+        if signum in INFO_SIGNALS:
+            _log_statistics(server, name)
+            continue
+        if signum == signal.SIGHUP and supervised:
+            # A terminal that closes sends SIGHUP to the whole process group; under a
+            # supervisor, reloading or stopping is the supervisor's decision.
+            logger.info("SIGHUP: left to the supervisor (pid %s)", os.getppid())
+            continue
+        count += 1
         if count == 1:
             _begin_drain(server, name)
             notify("STOPPING=1")
@@ -137,6 +153,23 @@ async def _watch_signals(
             logger.warning("%s again: cancelling %d connection(s) now", name, len(server._live))
             scope.cancel()
             return
+
+
+def _log_statistics(server: Server, name: str) -> None:
+    stats = server.statistics()
+    logger.info(
+        "%s: %s, %d active (peak %d), %d accepted, %d completed, %d rejected, "
+        "%d handler error(s), timeouts %s",
+        name,
+        stats.state,
+        stats.active,
+        stats.peak_active,
+        stats.accepted,
+        stats.completed,
+        stats.rejected,
+        stats.handler_errors,
+        dict(stats.timeouts),
+    )
 
 
 async def _watch_supervisor(pid: int, server: Server) -> None:

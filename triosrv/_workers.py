@@ -354,7 +354,8 @@ async def supervise_until_signalled(
             grace=grace,
             pass_fds=fds,
         )
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        stop = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP)
+        with trio.open_signal_receiver(*stop, signal.SIGUSR1, signal.SIGUSR2) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_forward_signals, signals, supervisor)
                 shown = [_tcp_display(s) for s in held] if shared else []
@@ -378,6 +379,11 @@ async def supervise_until_signalled(
 async def _forward_signals(signals: AsyncIterator[int], supervisor: Supervisor) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
+        if signum in (signal.SIGUSR1, signal.SIGUSR2):
+            # The workers got it too when it was sent to the group; each logs its own
+            # statistics. Sent to the supervisor alone it only says who is running.
+            logger.info("%s: supervising %d worker(s)", name, len(supervisor.status()))
+            continue
         logger.info("%s: stopping every worker", name)
         notify("STOPPING=1")
         supervisor.stop()

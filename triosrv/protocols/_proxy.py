@@ -267,7 +267,14 @@ def _port(two: bytes) -> int:
 
 
 def _unix_path(raw: bytes) -> str:
-    return raw.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+    # The proxy's bytes end up in conn.local and in log lines: invalid UTF-8 becomes
+    # \xNN and control characters (CR, LF, ESC, ...) their escapes, so a header
+    # can neither forge a log line nor carry a lone surrogate into a str that
+    # cannot be encoded again.
+    text = raw.split(b"\x00", 1)[0].decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _v2_tlvs(body: bytes, start: int) -> tuple[tuple[int, bytes], ...]:
