@@ -131,6 +131,10 @@ class ControlEndpoint:
         self.started_at = trio.current_time()
         self.started_wall = time.time()
         self.slots = ClientSlots(MAX_CLIENTS, what="control")
+        # One status document is built at a time: each yields between chunks, and
+        # with one builder the connections being served wait behind at most one
+        # chunk, not one chunk per poller (four pollers at once were four chunks).
+        self._building = trio.Lock()
 
     async def answer(self, line: bytes) -> tuple[bytes, Callable[[], None] | None]:
         """The encoded answer to one request line, and what to do once it is sent."""
@@ -140,13 +144,14 @@ class ControlEndpoint:
         cmd = request.get("cmd")
         if cmd == "status":
             try:
-                encoded = await build_status_document(
-                    self.server,
-                    started_at=self.started_at,
-                    started_wall=self.started_wall,
-                    offset=request.get("offset", 0),
-                    limit=request.get("limit", DEFAULT_LIMIT),
-                )
+                async with self._building:
+                    encoded = await build_status_document(
+                        self.server,
+                        started_at=self.started_at,
+                        started_wall=self.started_wall,
+                        offset=request.get("offset", 0),
+                        limit=request.get("limit", DEFAULT_LIMIT),
+                    )
             except ValueError as exc:
                 return _encode({"error": str(exc)}), None
             return encoded, None

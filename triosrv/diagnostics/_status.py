@@ -36,9 +36,9 @@ TEXT_MAX_CONNECTIONS = 200
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 #: Tasks listed per nursery in the document's task tree (the rest are counted).
-TREE_MAX_TASKS = 100
+TREE_MAX_TASKS = 20
 #: Connections snapshotted (and encoded) between two yields to the event loop.
-CHUNK = 100
+CHUNK = 50
 
 
 def _plain(value: Any) -> Any:
