@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import stat
-import sys
 from collections.abc import Sequence
 
 import attrs
@@ -202,18 +201,18 @@ def _open_unix(spec: BindSpec, backlog: int | None, mode: int) -> Listener:
         # Every OSError here (a path component too long, a directory we may not
         # search, another user's socket in the way) is a bind failure: one line.
         _remove_stale_unix_socket(spec)
-        # The socket file takes the socket inode's mode at bind() on Linux, so setting
-        # it first leaves no moment when the file is more open than asked, and nothing
-        # touches the path after bind(): a chmod or stat by path would follow a
-        # symlink someone swapped in, in a shared directory. Elsewhere the umask does
-        # it (process-wide, so only around this one call).
-        os.fchmod(sock.fileno(), mode)
-        old_umask = None if sys.platform == "linux" else os.umask(0o777 & ~mode)
+        # The socket file gets its mode at bind() from the umask, so the umask is set
+        # to exactly what ``mode`` leaves out for that one call: the file is never
+        # more open than asked, and nothing touches the path after bind() (a chmod or
+        # stat by path would follow a symlink someone swapped in, in a shared
+        # directory). The umask is process-wide: this runs at start-up, and anything
+        # created in that instant gets a umask of at least the same strictness for
+        # the usual 0600.
+        old_umask = os.umask(0o777 & ~mode)
         try:
             sock.bind(spec.path)
         finally:
-            if old_umask is not None:
-                os.umask(old_umask)
+            os.umask(old_umask)
         sock.listen(backlog or MAX_BACKLOG)
         sock.setblocking(False)
         # The inode of what we bound, read through the socket's own name (lstat: a
