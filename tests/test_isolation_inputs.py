@@ -286,3 +286,19 @@ def test_inputs_listen_options_table_matches_the_cli() -> None:
     cli = {p.opts[0].removeprefix("--") for p in main.commands["listen"].params}
     assert set(OPTIONS) <= cli
     assert triosrv.ServerConfig  # the options build this
+
+
+async def test_inputs_status_cli_pages_through_connections() -> None:
+    from .diag_helpers import live_server, triosrv_json
+
+    async with live_server() as server:
+        clients = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(5)]
+        for client in clients:
+            await assert_still_echoes(client)
+        doc = await triosrv_json(
+            "status", "--control", server.control, "--offset", "1", "--limit", "2"
+        )
+        assert doc["connections_total"] == 5 and doc["connections_offset"] == 1
+        assert len(doc["connections"]) == 2
+        for client in clients:
+            await client.aclose()

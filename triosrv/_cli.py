@@ -58,6 +58,8 @@ from .diagnostics import (
     system_facts,
     watch_status,
 )
+from .diagnostics._status import DEFAULT_LIMIT as DEFAULT_STATUS_LIMIT
+from .diagnostics._status import MAX_LIMIT as MAX_STATUS_LIMIT
 
 
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -486,8 +488,28 @@ def diag_fds(pid: int | None, as_json: bool) -> None:
     default=None,
     help="With --drain: seconds connections get to finish (default: the server's --grace).",
 )
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="List the connections from this one on (by id order).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0, max=MAX_STATUS_LIMIT),
+    default=DEFAULT_STATUS_LIMIT,
+    show_default=True,
+    help="List at most this many connections (one page of the status).",
+)
 def status(
-    control: str, watch: float | None, as_json: bool, drain: bool, grace: float | None
+    control: str,
+    watch: float | None,
+    as_json: bool,
+    drain: bool,
+    grace: float | None,
+    offset: int,
+    limit: int,
 ) -> None:
     """Show a running server's state, connections and task tree (or --drain it)."""
     if drain:
@@ -504,11 +526,17 @@ def status(
     if grace is not None:
         raise click.UsageError("--grace goes with --drain")
     show = _echo_json if as_json else _show_status
+    page: dict[str, object] = {"cmd": "status", "offset": offset, "limit": limit}
     if watch is None:
-        show(_control(control, {"cmd": "status"}))
+        show(_control(control, page))
         return
     try:
-        trio.run(watch_status, control, watch, functools.partial(_refresh, show))
+        trio.run(
+            functools.partial(watch_status, request=page),
+            control,
+            watch,
+            functools.partial(_refresh, show),
+        )
     except DiagnosticsError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

@@ -298,11 +298,19 @@ async def control_request(
     return answer
 
 
-async def watch_status(path: str, interval: float, show: Callable[[dict[str, Any]], None]) -> None:
+async def watch_status(
+    path: str,
+    interval: float,
+    show: Callable[[dict[str, Any]], None],
+    *,
+    request: dict[str, Any] | None = None,
+) -> None:
     """Ask for the status every ``interval`` seconds and pass it to ``show``, until
-    cancelled. Raises :class:`DiagnosticsError` when the server stops answering."""
+    cancelled. ``request`` is the status request (default ``{"cmd": "status"}``; add
+    ``offset``/``limit`` for another page). Raises :class:`DiagnosticsError` when the
+    server stops answering."""
     while True:
-        answer = await control_request(path, {"cmd": "status"})
+        answer = await control_request(path, request or {"cmd": "status"})
         if "error" in answer:
             raise DiagnosticsError(f"server: {answer['error']}")
         show(answer)

@@ -250,6 +250,6 @@ def render_status(doc: dict[str, Any]) -> str:
         lines.append(render_table(headers, _connection_rows(shown)))
         more = doc.get("connections_total", len(conns)) - len(shown)
         if more > 0:
-            lines.append(f"... and {more} more (--json --limit N --offset K pages through them)")
+            lines.append(f"... and {more} more (--offset K --limit N page through them)")
     lines += ["", "task tree:", render_tree(doc["task_tree"])]
     return "\n".join(lines)
