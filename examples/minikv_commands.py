@@ -100,32 +100,32 @@ class Session:
 
     def execute(self, argv: list[bytes]) -> bytes:
         """The reply to one command (``argv`` non-empty)."""
-        name = argv[0]
-        command = COMMANDS.get(name)
+        command = COMMANDS.get(argv[0])
         if command is None:
-            command = COMMANDS.get(name.lower())
+            command = COMMANDS.get(argv[0].lower())
             if command is None:
                 return self._unknown(argv)
-        if command.subcommands is not None and len(argv) > 1:
-            sub = command.subcommands.get(argv[1].lower())
+        handler, arity, name, in_pubsub, subcommands = command
+        if subcommands is not None and len(argv) > 1:
+            sub = subcommands.get(argv[1].lower())
             if sub is None:
                 return resp_error(
                     b"unknown subcommand '"
                     + c_str(argv[1])[:128]
                     + b"'. Try "
-                    + command.name.upper().encode()
+                    + name.upper().encode()
                     + b" HELP."
                 )
-            command = sub
-        arity = command.arity
-        if (arity > 0 and arity != len(argv)) or len(argv) < -arity:
-            return wrong_arity(command.name)
-        if self.channels and not command.in_pubsub:
+            handler, arity, name, in_pubsub, _ = sub
+        # Redis's arity rule: exactly ``arity`` words, or at least ``-arity``.
+        if arity != len(argv) and (arity > 0 or len(argv) < -arity):
+            return wrong_arity(name)
+        if self.channels and not in_pubsub:
             return resp_error(
-                f"Can't execute '{command.name}': only (P|S)SUBSCRIBE / "
+                f"Can't execute '{name}': only (P|S)SUBSCRIBE / "
                 "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
             )
-        return command.handler(self, argv)
+        return handler(self, argv)
 
     def _unknown(self, argv: list[bytes]) -> bytes:
         if c_str(argv[0]).lower() in (b"host:", b"post"):
@@ -410,14 +410,20 @@ def cmd_exists(s: Session, argv: list[bytes]) -> bytes:
 def _incr_by(s: Session, key: bytes, by: int) -> bytes:
     store = s.store
     old = store.get(key) if store.expires else store.data.get(key)
-    value = 0 if old is None else parse_resp_int(old)
-    if value is None:
-        return NOT_INTEGER
-    value += by
+    if old is None:
+        value = by
+    elif 0 < len(old) < 19 and old.isdigit() and (old[0] != 48 or len(old) == 1):
+        value = int(old) + by  # the common case: a small non-negative number
+    else:
+        parsed = parse_resp_int(old)
+        if parsed is None:
+            return NOT_INTEGER
+        value = parsed + by
     if value < LLONG_MIN or value > LLONG_MAX:
         return b"-ERR increment or decrement would overflow\r\n"
-    store.data[key] = b"%d" % value
-    return b":%d\r\n" % value
+    text = b"%d" % value
+    store.data[key] = text
+    return b":" + text + b"\r\n"
 
 
 def cmd_incr(s: Session, argv: list[bytes]) -> bytes:
@@ -562,3 +568,6 @@ COMMANDS: dict[bytes, Command] = {
     b"subscribe": Command(cmd_subscribe, -2, "subscribe", in_pubsub=True),
     b"unsubscribe": Command(cmd_unsubscribe, -1, "unsubscribe", in_pubsub=True),
 }
+# Clients send names in upper case (redis-benchmark, redis-py) or lower case: both are
+# found at the first try; other spellings take a lower() first.
+COMMANDS.update({name.upper(): command for name, command in list(COMMANDS.items())})

@@ -7,11 +7,13 @@ here: the parser's own rules, limits, and hypothesis fuzzing (any bytes, any chu
 from __future__ import annotations
 
 from collections.abc import Iterable
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import triosrv.protocols._resp
 from triosrv.protocols import (
     RESP_INLINE_MAX_SIZE,
     RESP_NULL_BULK,
@@ -236,3 +238,43 @@ def test_resp_parser_memory_stays_bounded(chunks: list[bytes]) -> None:
         parser.feed(chunk)
         # Unparsed bytes: at most a line (64 KiB) or the rest of a bulk, plus one chunk.
         assert parser.buffered <= limit + RESP_INLINE_MAX_SIZE + len(chunk)
+
+
+# Whole buffers take the fast path (complete commands split at CRLF); bytes fed one at a
+# time take the general one. Both must agree on everything, including the odd inputs.
+odd_commands = st.lists(
+    st.one_of(
+        commands.map(lambda script: b"".join(encode(*argv) for argv in script)),
+        st.sampled_from(
+            [
+                b"PING\r\n",
+                b"\r\n",
+                b"  \r\n",
+                b"*0\r\n",
+                b"*-1\r\n",
+                b"*01\r\n",
+                b"$3\r\n",
+                b"*1\r\n$3\r\nab\r\n\r\n",
+                b"a\x0bb\r\n",
+                b"'x'\r\n",
+                b'"y\r\n',
+                b"x\ny\r\n",
+                b"*2\r\n$1\r\na\r\n",
+                b"*1\r\n$2\r\nab",
+                b"\x00\r\n",
+                b"*1\r\n$1\r\n\r\r\n",
+            ]
+        ),
+        resp_bytes,
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=odd_commands)
+def test_resp_parser_fast_path_agrees_with_the_general_one(data: bytes) -> None:
+    with mock.patch.object(triosrv.protocols._resp, "_FAST_MAX_BULK", 2**62):  # no fast path
+        general = parse_all([data])
+        assert parse_all([bytes([b]) for b in data]) == general
+    assert parse_all([data]) == general

@@ -226,9 +226,15 @@ class RespParser:
 
     def _parse(self, buf: bytes, commands: list[list[bytes]]) -> int:
         # Returns how far it parsed; keeps the unfinished command's state on self.
-        pos = 0
-        end = len(buf)
         args = self._args
+        pos = 0
+        if (
+            args is None
+            and self.max_bulk_len >= _FAST_MAX_BULK
+            and len(buf) * _FAST_COST_FACTOR <= self.max_query_buffer
+        ):
+            pos = _parse_simple(buf, commands)
+        end = len(buf)
         while True:
             if args is None:
                 if pos >= end:
@@ -312,6 +318,59 @@ class RespParser:
             remaining -= 1
         self._remaining = remaining
         return pos
+
+
+# The fast path (_parse_simple) reads bulks up to this long; the slow path the rest.
+_FAST_MAX_BULK = 1024
+_BULK_HEADERS = {n: b"$%d" % n for n in range(_FAST_MAX_BULK + 1)}
+_MULTIBULK_COUNTS = {b"*%d" % n: n for n in range(1, 1025)}
+# A command of N bytes costs at most 9 * N against the query-buffer limit (its
+# arguments' bytes plus 48 per argument, each taking at least 6 bytes): buffers up to
+# limit / 9 need no accounting.
+_FAST_COST_FACTOR = 9
+# A line the fast path may split with bytes.split(): no quotes, no NUL, no LF, no
+# vertical tab or form feed (split() breaks words there, sdssplitargs() does not).
+_SIMPLE_INLINE = re.compile(rb"[^\"'\x00\n\x0b\x0c]{1,%d}" % (RESP_INLINE_MAX_SIZE - 1)).fullmatch
+
+
+def _parse_simple(buf: bytes, commands: list[list[bytes]]) -> int:
+    """The common case, fast: complete commands whose lines end in CRLF, bulks up to
+    1 KiB in canonical form, plain inline lines. Returns how many bytes it took; the
+    general parser goes on from there (an odd command, a partial one at the end).
+
+    Splitting the buffer at every CRLF once and checking each bulk's header against
+    its data's length (``$<len(data)>`` exactly) gives what the general parser gives:
+    a bulk whose data holds a CRLF fails the check and is left to it.
+    """
+    parts = buf.split(b"\r\n")
+    last = len(parts) - 1  # parts[last] has no CRLF after it: never complete
+    header_of = _BULK_HEADERS.get
+    counts = _MULTIBULK_COUNTS
+    i = 0
+    while i < last:
+        head = parts[i]
+        count = counts.get(head)
+        if count is not None:
+            stop = i + 1 + 2 * count
+            if stop > last:
+                break
+            args = parts[i + 2 : stop : 2]
+            if parts[i + 1 : stop : 2] != list(map(header_of, map(len, args))):
+                break
+            commands.append(args)
+            i = stop
+        elif head[:1] == b"*":
+            break
+        elif not head:
+            i += 1  # an empty line: no command
+        elif _SIMPLE_INLINE(head) is not None:
+            words = head.split()
+            if words:
+                commands.append(words)
+            i += 1
+        else:
+            break
+    return sum(map(len, parts[:i])) + 2 * i if i < last else len(buf) - len(parts[last])
 
 
 def _query_buffer_limit() -> RespProtocolError:
