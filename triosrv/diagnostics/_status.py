@@ -79,6 +79,25 @@ def _header(
     }
 
 
+def _begin(
+    server: Any, started_at: float, started_wall: float, offset: object, limit: object
+) -> tuple[dict[str, Any], list[Any], float]:
+    # Everything but the connections: the header, the page to list, the moment.
+    offset, limit = check_page(offset, limit)
+    now = trio.current_time()
+    page, total = _page(server, offset, limit)
+    doc = _header(
+        server,
+        started_at=started_at,
+        started_wall=started_wall,
+        now=now,
+        total=total,
+        offset=offset,
+    )
+    doc["task_tree"] = task_tree(labels=server_nursery_labels(server), max_tasks=TREE_MAX_TASKS)
+    return doc, page, now
+
+
 def _snapshot_dicts(page: Sequence[Any], server: Any, now: float) -> Iterator[dict[str, Any]]:
     timeouts = getattr(getattr(server, "config", None), "timeouts", None)
     for conn in page:
@@ -111,19 +130,8 @@ def status_document(
     ``time.time()`` when the server started; ``offset``/``limit`` choose the page of
     connections (by id). Call from inside the server's run.
     """
-    offset, limit = check_page(offset, limit)
-    now = trio.current_time()
-    page, total = _page(server, offset, limit)
-    doc = _header(
-        server,
-        started_at=started_at,
-        started_wall=started_wall,
-        now=now,
-        total=total,
-        offset=offset,
-    )
+    doc, page, now = _begin(server, started_at, started_wall, offset, limit)
     doc["connections"] = list(_snapshot_dicts(page, server, now))
-    doc["task_tree"] = task_tree(labels=server_nursery_labels(server), max_tasks=TREE_MAX_TASKS)
     return doc
 
 
@@ -138,18 +146,7 @@ async def build_status_document(
     """The status document as one JSON line (with its newline), built and encoded a
     :data:`CHUNK` of connections at a time with a checkpoint between chunks, so that
     a large status costs the event loop many short steps instead of one long one."""
-    offset, limit = check_page(offset, limit)
-    now = trio.current_time()
-    page, total = _page(server, offset, limit)
-    doc = _header(
-        server,
-        started_at=started_at,
-        started_wall=started_wall,
-        now=now,
-        total=total,
-        offset=offset,
-    )
-    doc["task_tree"] = task_tree(labels=server_nursery_labels(server), max_tasks=TREE_MAX_TASKS)
+    doc, page, now = _begin(server, started_at, started_wall, offset, limit)
     # The head and tail around an empty list, and the list's items in chunks.
     head, tail = _dumps(doc).split(b'"connections":[]', 1)
     pieces = [head, b'"connections":[']
