@@ -186,23 +186,6 @@ def test_own_fd_table_describes_fds_from_fstat_and_the_sockets_themselves() -> N
         os.close(write_fd)
 
 
-def test_worker_binds_shared_listens_here_and_passes_fds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(socket, "SO_PASSCRED")
-    assert not _workers.kernel_shards()
-    held, binds, fds = _workers.worker_binds(["127.0.0.1:0", "[::1]:0"], shared=True)
-    try:
-        assert binds == [f"fd://{sock.fileno()}" for sock in held] and fds == [
-            sock.fileno() for sock in held
-        ]
-        for sock in held:  # listening already: a connection queues before any worker runs
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-            with socket.create_connection(sock.getsockname()[:2], timeout=5):
-                pass
-    finally:
-        for sock in held:
-            sock.close()
-
-
 @pytest.mark.parametrize("backend", ["trio-fd", "select"])
 async def test_serve_without_tcp_notsent_lowat(
     monkeypatch: pytest.MonkeyPatch, backend: str
@@ -223,22 +206,24 @@ def test_parse_notification_takes_any_datagram(data: bytes) -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
 
 
-async def test_supervisor_per_worker_notify_socket_ignores_garbage(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_generation_per_worker_notify_socket_ignores_garbage(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Without SO_PASSCRED each worker has a notify socket of its own (a path in a
-    # private directory); only an exact READY=1 there marks that worker ready.
+    # Each worker has a notify socket of its own (a path in the master's private
+    # directory), so no SO_PASSCRED is needed; only an exact READY=1 there marks
+    # that worker ready.
     monkeypatch.delattr(socket, "SO_PASSCRED")
-    supervisor = _workers.Supervisor(lambda _index: ["true"], workers=2, grace=0)
-    slot = supervisor._slots[0]
-    slot.pid = os.getpid()  # as if started: the ready line names it
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o700)
+    generation = _workers.ProcessGeneration(1, {}, fds=[], workers=2, grace=0, rundir=str(rundir))
+    slot = generation._slots[0]
+    slot.pid = os.getpid()  # as if started
     with contextlib.ExitStack() as stack:
-        receivers = supervisor._open_receivers(stack)
-        assert [owner for _sock, _address, owner in receivers] == supervisor._slots
-        sock, address, _owner = receivers[0]
-        assert stat.S_IMODE(os.stat(os.path.dirname(address)).st_mode) == 0o700
+        generation._open_receivers(stack)
+        address = str(rundir / "g1-w1.notify")
+        assert stat.S_ISSOCK(os.stat(address).st_mode)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(supervisor._read_notifications, sock, slot)
+            nursery.start_soon(generation._read_notifications, slot)
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
                 for junk in (b"", b"\xff\xfe", b"READY=0", b"READY", b"STATUS=1\nREADY=2"):
                     sender.sendto(junk, address)
@@ -248,7 +233,8 @@ async def test_supervisor_per_worker_notify_socket_ignores_garbage(
                 with trio.fail_after(5):
                     while slot.state != "ready":
                         await trio.sleep(0.01)
-            assert supervisor._slots[1].state == "starting"  # not its socket
-            assert not supervisor._all_ready.is_set()
+            assert slot.message == "up"
+            assert generation._slots[1].state == "starting"  # not its socket
+            assert not generation._all_ready.is_set()
             nursery.cancel_scope.cancel()
-    assert not os.path.exists(address)  # the directory went with the stack
+    assert not os.path.exists(address)  # removed with the generation

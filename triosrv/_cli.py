@@ -21,9 +21,10 @@ from ._backends import available_backends, require_backend
 from ._config import BACKENDS as SERVER_BACKENDS
 from ._config import Limits, ServerConfig, Timeouts, parse_bind
 from ._errors import BindError, ConfigError
-from ._options import DEFAULTS, MAX_WORKERS, effective_options, format_options, load_listen
-from ._runner import configure_logging, serve_until_signalled
-from ._workers import supervise_until_signalled
+from ._master import Master
+from ._options import MAX_WORKERS, effective_options, format_options, load_listen
+from ._runner import configure_logging
+from ._workers import GenerationFailed
 from .bench import (
     BACKENDS,
     LOAD_ENGINES,
@@ -35,6 +36,7 @@ from .bench import (
     bench_load,
     bench_threads_vs_tasks,
 )
+from .bench._reload import ReloadPlan, bench_reload
 from .chaos import SCENARIO_NAMES as CHAOS_SCENARIOS
 from .chaos import (
     ChaosConfig,
@@ -172,7 +174,8 @@ def main() -> None:
     type=SECONDS,
     default=_DEFAULTS.grace,
     show_default=True,
-    help="Seconds running connections get to finish on SIGINT/SIGTERM.",
+    help="Seconds running connections get to finish on SIGINT/SIGTERM, and the old "
+    "generation's on a reload.",
 )
 @click.option(
     "--min-receive-rate",
@@ -277,7 +280,7 @@ def main() -> None:
     "--workers",
     type=click.IntRange(min=1, max=MAX_WORKERS),
     default=None,
-    help="Run N worker processes on the binds (SO_REUSEPORT), restarted if they die.",
+    help="Run N worker processes sharing the listening sockets, restarted if they die.",
 )
 @click.option(
     "--systemd",
@@ -301,6 +304,8 @@ def listen(**opts: Any) -> None:
     """Run a server until SIGINT or SIGTERM (graceful drain; a second signal cancels).
 
     Options can come from a TOML file (--config); those given here override it.
+    SIGHUP reloads: re-reads the file, re-imports the handler and starts a new
+    generation of worker processes on the same sockets; the old one drains.
     """
     ctx = click.get_current_context()
     given = _given_options(ctx)
@@ -326,19 +331,13 @@ def listen(**opts: Any) -> None:
     if options["metrics"] is not None:
         _check_metrics_option(str(options["metrics"]))
     configure_logging(str(options["log-level"]), str(options["log-format"]))
-    if options["workers"] is not None:
-        sys.exit(_supervise(options, config))
+    master = Master(given, opts["config"], options, config, _handler)
     try:
-        trio.run(
-            functools.partial(
-                serve_until_signalled, control=options["control"], metrics=options["metrics"]
-            ),
-            _handler,
-            config,
-        )
+        sys.exit(trio.run(master.run))
     except BindError as exc:
-        click.echo(f"error: {exc.strerror}", err=True)
-        sys.exit(1)
+        _fail(str(exc.strerror))
+    except GenerationFailed as exc:
+        _fail(f"generation 1 could not start: {exc}")
 
 
 # Options that shape the command rather than the server.
@@ -356,49 +355,6 @@ def _given_options(ctx: click.Context) -> dict[str, object]:
             continue
         given[param.opts[0].removeprefix("--")] = ctx.params[name]
     return given
-
-
-# Options the supervisor handles itself rather than repeat to every worker.
-_SUPERVISOR_ONLY = {"bind", "host", "port", "workers", "systemd", "reuse-port", "control"}
-
-
-def _supervise(options: dict[str, object], config: ServerConfig) -> int:
-    if options["metrics"] is not None:
-        raise click.UsageError("--metrics serves one process; not supported with --workers")
-    control = options["control"]
-    workers = options["workers"]
-    assert isinstance(workers, int)
-    try:
-        return trio.run(
-            functools.partial(
-                supervise_until_signalled,
-                _worker_args(options),
-                config.binds,
-                workers=workers,
-                grace=config.timeouts.grace,
-                # One control socket per worker: PATH.1, PATH.2, ...
-                per_worker=lambda i: [] if control is None else ["--control", f"{control}.{i}"],
-            )
-        )
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    except BindError as exc:
-        _fail(str(exc.strerror))
-    except RuntimeError as exc:  # a worker died before it was ready
-        _fail(str(exc))
-
-
-def _worker_args(options: dict[str, object]) -> list[str]:
-    """The options that differ from the defaults, as arguments for every worker."""
-    args: list[str] = []
-    for key, value in options.items():
-        if key in _SUPERVISOR_ONLY or value == DEFAULTS[key]:
-            continue
-        if isinstance(value, bool):
-            args += [f"--{key}"] if value else []
-        else:
-            args += [f"--{key}", "none" if value is None else str(value)]
-    return args
 
 
 def _check_metrics_option(value: str) -> None:
@@ -483,6 +439,12 @@ def diag_fds(pid: int | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON document.")
 @click.option("--drain", is_flag=True, help="Start the server's graceful shutdown instead.")
 @click.option(
+    "--reload",
+    is_flag=True,
+    help="Reload the server instead (as SIGHUP does); wait until the new generation "
+    "serves, or say why it failed (exit 1).",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=None,
@@ -507,11 +469,22 @@ def status(
     watch: float | None,
     as_json: bool,
     drain: bool,
+    reload: bool,
     grace: float | None,
     offset: int,
     limit: int,
 ) -> None:
-    """Show a running server's state, connections and task tree (or --drain it)."""
+    """Show a running server's state, connections and task tree (or --drain or
+    --reload it)."""
+    if reload:
+        if drain or grace is not None or watch is not None:
+            raise click.UsageError("--reload goes alone (not with --drain, --grace, --watch)")
+        answer = _control(control, {"cmd": "reload"}, timeout=RELOAD_TIMEOUT)
+        if as_json:
+            _echo_json(answer)
+        else:
+            click.echo(f"reloaded: generation {answer['generation']} serving")
+        return
     if drain:
         request: dict[str, object] = {"cmd": "drain"}
         if grace is not None:
@@ -553,9 +526,13 @@ def _refresh(show: Any, doc: dict[str, object]) -> None:
     show(doc)
 
 
-def _control(path: str, request: dict[str, object]) -> dict[str, Any]:
+# Seconds `status --reload` waits: a new generation gets a minute to be ready.
+RELOAD_TIMEOUT = 90.0
+
+
+def _control(path: str, request: dict[str, object], timeout: float = 10.0) -> dict[str, Any]:
     try:
-        answer = trio.run(control_request, path, request)
+        answer = trio.run(functools.partial(control_request, path, request, timeout=timeout))
     except DiagnosticsError as exc:
         _fail(str(exc))
     if "error" in answer:
@@ -790,6 +767,66 @@ def bench_threads_vs_tasks_command(connections: str, as_json: bool, plot: str | 
         raise click.BadParameter(str(exc), param_hint="'--connections'") from None
     except (BenchError, RuntimeError) as exc:
         _fail(str(exc))
+
+
+@bench.command("reload")
+@click.option(
+    "--reloads", type=click.IntRange(1, 10_000), default=50, show_default=True, help="SIGHUPs."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0, 60),
+    default=0.5,
+    show_default=True,
+    help="Seconds between one reload's end and the next SIGHUP.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1000),
+    default=8,
+    show_default=True,
+    help="Clients looping connect, echo, close.",
+)
+@click.option(
+    "--streams",
+    type=click.IntRange(0, 1000),
+    default=4,
+    show_default=True,
+    help="Long-lived streaming connections at once (each replaced after --stream-lifetime).",
+)
+@click.option(
+    "--stream-lifetime",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds each stream lives (keep it under --grace).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Run the server with --workers N."
+)
+@click.option("--backend", type=click.Choice(SERVER_BACKENDS), default="trio", show_default=True)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="The server's --grace.",
+)
+def bench_reload_command(**opts: Any) -> None:
+    """Reload an echo server K times under a churn of connections and count every loss.
+
+    Exits 0 when no connect failed, was reset or got a wrong echo, no stream was cut
+    and every reload succeeded; 1 otherwise.
+    """
+    _require_backend(opts["backend"])
+    plan = ReloadPlan(**opts)
+    if plan.stream_lifetime >= plan.grace:
+        raise click.BadParameter("must be less than --grace", param_hint="'--stream-lifetime'")
+    try:
+        ok = bench_reload(plan, out=sys.stdout)
+    except BenchError as exc:
+        _fail(str(exc))
+    sys.exit(0 if ok else 1)
 
 
 @bench.command("cpu")

@@ -264,47 +264,6 @@ def _open_fd(spec: BindSpec, backlog: int | None) -> Listener:
     return Listener(sock, address)
 
 
-def reserve_tcp_ports(specs: Sequence[BindSpec]) -> tuple[list[socket.socket], list[BindSpec]]:
-    """Pick a concrete port for every TCP spec with port 0, for workers to share.
-
-    Each spec is bound (not listened on) with SO_REUSEPORT; a name with several
-    addresses gets the first one's port on all of them. The caller keeps the returned
-    sockets open for as long as the workers run, so the ports stay reserved for
-    sockets of this user with SO_REUSEPORT, and closes them at the end. Returns the
-    sockets and the specs with the concrete ports. Raises :class:`~triosrv.BindError`.
-    """
-    held: list[socket.socket] = []
-    resolved: list[BindSpec] = []
-    try:
-        for spec in specs:
-            if spec.kind != "tcp" or spec.port != 0:
-                resolved.append(spec)
-                continue
-            port = 0
-            for family, type_, proto, sockaddr in _resolve(spec):
-                # No SO_REUSEADDR: with it, Linux would let any SO_REUSEADDR socket
-                # bind over a socket that does not listen, and the port would not
-                # be reserved at all.
-                try:
-                    sock = _stream_socket(
-                        spec, family, type_, proto, reuse_port=True, reuse_addr=False
-                    )
-                except OSError as exc:
-                    raise _bind_error(spec, exc) from None
-                held.append(sock)
-                try:
-                    sock.bind((sockaddr[0], port, *sockaddr[2:]))
-                except OSError as exc:
-                    raise _bind_error(spec, exc) from None
-                port = sock.getsockname()[1]
-            resolved.append(BindSpec("tcp", host=spec.host, port=port))
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    return held, resolved
-
-
 def open_notify_receiver(path: str | None = None) -> tuple[socket.socket, str]:
     """A datagram socket for sd_notify messages, and its ``NOTIFY_SOCKET`` value.
 

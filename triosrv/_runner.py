@@ -68,9 +68,13 @@ async def serve_until_signalled(
     *,
     control: str | None = None,
     metrics: str | None = None,
+    announce: bool = True,
 ) -> Server:
     """Serve until SIGINT/SIGTERM; the first starts the graceful drain, a second
     cancels at once. Returns the stopped server (for its statistics).
+
+    ``announce=False`` (a worker of the master, whose sockets the master announced)
+    logs the ``listening on`` lines at debug level only.
 
     ``control`` is a Unix socket path for the control endpoint (``triosrv status``),
     ``metrics`` a ``HOST:PORT`` for Prometheus; both run in the server's nursery and
@@ -89,8 +93,10 @@ async def serve_until_signalled(
             async with trio.open_nursery() as nursery:
                 server: Server = await nursery.start(serve, handler, config)
                 for address in server.addresses:
-                    logger.info("listening on %s", address)
-                await _start_diagnostics(nursery, server, control, metrics)
+                    logger.log(
+                        logging.INFO if announce else logging.DEBUG, "listening on %s", address
+                    )
+                await _start_diagnostics(nursery, server, control, metrics, announce)
                 notify("READY=1")  # systemd (Type=notify) or a worker supervisor
                 nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
                 supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
@@ -115,13 +121,17 @@ async def serve_until_signalled(
 
 
 async def _start_diagnostics(
-    nursery: trio.Nursery, server: Server, control: str | None, metrics: str | None
+    nursery: trio.Nursery,
+    server: Server,
+    control: str | None,
+    metrics: str | None,
+    announce: bool = True,
 ) -> None:
     if control is not None:
         address = await nursery.start(
             serve_control, server, control, name=f"triosrv control endpoint unix:{control}"
         )
-        logger.info("control socket on %s", address)
+        logger.log(logging.INFO if announce else logging.DEBUG, "control socket on %s", address)
     if metrics is not None:
         from .diagnostics._metrics import serve_metrics  # the optional extra
 

@@ -10,6 +10,8 @@ request                                answer
 ``{"cmd": "status"}``                  the status document (see ``_status.py``);
                                        ``"offset"`` and ``"limit"`` page through
                                        the connections (default 0 and 1000)
+``{"cmd": "statistics"}``              ``{"pid": ..., "state": ..., "statistics":
+                                       {...}}``: the counters only, cheap to ask
 ``{"cmd": "drain", "grace": 5}``       ``{"ok": true, "state": "draining", ...}``;
                                        the graceful shutdown starts (``grace`` is
                                        optional: the configured one; null: for ever)
@@ -33,10 +35,12 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from .._config import BindSpec
@@ -51,7 +55,7 @@ from ._serving import (
     send_bounded,
     serve_isolated,
 )
-from ._status import DEFAULT_LIMIT, build_status_document
+from ._status import DEFAULT_LIMIT, _plain, build_status_document
 
 logger = logging.getLogger("triosrv")
 
@@ -60,7 +64,7 @@ MAX_REQUEST = 64 * 1024
 MAX_CLIENTS = 16
 # A status document for 100k connections is tens of MB; far more is not an answer.
 MAX_ANSWER = 256 * 1024 * 1024
-COMMANDS = ("status", "drain")
+COMMANDS = ("status", "drain", "statistics")
 
 
 class _LineReader:
@@ -155,6 +159,9 @@ class ControlEndpoint:
             except ValueError as exc:
                 return _encode({"error": str(exc)}), None
             return encoded, None
+        if cmd == "statistics":
+            stats = _plain(attrs.asdict(self.server.statistics()))
+            return _encode({"pid": os.getpid(), "state": stats["state"], "statistics": stats}), None
         if cmd == "drain":
             answer, after = self._drain(request)
             return _encode(answer), after
@@ -225,9 +232,13 @@ async def serve_control(
     server: Any,
     path: str,
     *,
+    endpoint: ControlEndpoint | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control endpoint for ``server`` on the Unix socket ``path``.
+
+    ``endpoint`` answers instead of a plain :class:`ControlEndpoint` of ``server``
+    (the master of ``triosrv listen`` passes its own).
 
     Use it in the nursery that runs the server, and cancel it when the server is done::
 
@@ -239,7 +250,7 @@ async def serve_control(
     and its file removed. Raises :class:`~triosrv.BindError` if it cannot bind.
     """
     listener = open_listeners([BindSpec("unix", path=path)], unix_mode=0o600)[0]
-    endpoint = ControlEndpoint(server)
+    endpoint = endpoint or ControlEndpoint(server)
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(listener.address)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -232,8 +232,11 @@ async def _receive_request(
 
 
 class _MetricsEndpoint:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, refresh: Callable[[], Awaitable[None]] | None
+    ) -> None:
         self.registry = registry
+        self.refresh = refresh
         self.slots = ClientSlots(MAX_CLIENTS, what="metrics")
 
     async def serve_client(self, stream: trio.SocketStream) -> None:
@@ -246,6 +249,10 @@ class _MetricsEndpoint:
                 request = await _receive_request(conn, slot, stream)
                 if request is None:
                     return
+                if self.refresh is not None:
+                    # Bounded like the request: a worker too slow to answer is left
+                    # out by the refresh itself (see _master_status.py).
+                    await self.refresh()
                 if not await send_bounded(slot, stream, _respond(conn, request, self.registry)):
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -273,6 +280,8 @@ async def serve_metrics(
     bind: str,
     *,
     labels: Mapping[str, str] | None = None,
+    registry: CollectorRegistry | None = None,
+    refresh: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``server``'s metrics over HTTP on ``bind`` (``HOST:PORT``) until cancelled.
@@ -284,14 +293,19 @@ async def serve_metrics(
 
     ``started`` reports the URL (``http://127.0.0.1:9100/metrics``, with the real
     port when 0 was asked for). ``labels`` go on every triosrv metric (a worker
-    process passes ``{"worker": "N"}``). Raises :class:`~triosrv.BindError` if it cannot bind
-    and :class:`~triosrv.ConfigError` for a malformed ``bind``.
+    process passes ``{"worker": "N"}``). ``registry`` replaces the one made from
+    ``server`` (the master of ``triosrv listen`` passes one over its workers), and
+    ``refresh`` is awaited before each scrape is answered (it asks them). Raises
+    :class:`~triosrv.BindError` if it cannot bind and :class:`~triosrv.ConfigError`
+    for a malformed ``bind``.
     """
     spec = parse_bind(bind)
     if spec.kind != "tcp":
         raise ConfigError(f"metrics: expected HOST:PORT, got {bind!r}")
     listeners = open_listeners([spec])
-    endpoint = _MetricsEndpoint(metrics_registry(server, labels=labels))
+    if registry is None:
+        registry = metrics_registry(server, labels=labels)
+    endpoint = _MetricsEndpoint(registry, refresh)
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:

@@ -218,6 +218,45 @@ def _connection_rows(conns: list[dict[str, Any]]) -> list[tuple[object, ...]]:
     ]
 
 
+def _generation_lines(doc: dict[str, Any]) -> list[str]:
+    # The master's document (triosrv listen): its generations and reload attempts.
+    if "generations" not in doc:
+        return []
+    lines: list[str] = []
+    rows: list[tuple[object, ...]] = []
+    for gen in doc["generations"]:
+        title = f"generation {gen['generation']} ({gen['kind']}, {gen['state']})"
+        for worker in gen["workers"]:
+            connections = worker.get("connections")
+            rows.append(
+                (
+                    title,
+                    worker["index"],
+                    worker["pid"] or "-",
+                    worker["state"],
+                    "-" if connections is None else connections,
+                    worker["restarts"],
+                    worker.get("message") or "",
+                )
+            )
+    if rows:
+        headers = ("GENERATION", "WORKER", "PID", "STATE", "CONNECTIONS", "RESTARTS", "MESSAGE")
+        lines += ["", render_table(headers, rows)]
+    reloads = doc.get("reloads") or []
+    if reloads:
+        failed = [r for r in reloads if not r["ok"]]
+        lines.append(
+            f"reloads: {len(reloads) - len(failed)} ok, {len(failed)} failed (last {len(reloads)})"
+        )
+        if failed:
+            last = failed[-1]
+            lines.append(
+                f"last failed reload: generation {last['generation']} at {last['time']}: "
+                f"{last['reason']}"
+            )
+    return lines
+
+
 def render_status(doc: dict[str, Any]) -> str:
     """The status document as text: header, config, statistics, connections, tasks."""
     conns = doc["connections"]
@@ -225,6 +264,7 @@ def render_status(doc: dict[str, Any]) -> str:
         f"triosrv pid {doc['pid']}: {doc['state']}, up {format_seconds(doc['uptime'])}"
         f" (since {doc['started']}), on {' '.join(doc['addresses']) or 'no address'}",
         _config_line(doc["config"]),
+        *_generation_lines(doc),
         "",
         render_table(("STATISTIC", "VALUE"), _statistics_rows(doc["statistics"])),
         "",
