@@ -206,39 +206,70 @@ async def _write_outbox(conn: triosrv.Connection, session: Session, wakeup: _Wak
 
 class KeyValueProtocol(Protocol):
     """The key-value commands as a sans-IO :class:`~triosrv.protocols.Protocol`, for
-    the loop backends (``--backend epoll``): bytes in, replies out, no tasks."""
+    the loop backends (``--backend epoll``): bytes in, replies out, no tasks.
 
-    __slots__ = ("_closing", "_out", "_parser", "_session")
+    It has the ``answer`` fast path (see :mod:`triosrv.protocols`): a chunk whose
+    replies fit in ``max_bytes`` and do not close the connection is answered in one
+    call. A chunk that does not qualify is only known to after it was run, so then
+    ``answer`` keeps the replies, says "not now" (None), and the ``receive_data`` the
+    driver calls next with that same chunk only marks it taken.
+    """
+
+    __slots__ = ("_closing", "_offset", "_out", "_parser", "_run", "_session")
 
     def __init__(self, server: Server) -> None:
         self._session, self._parser = server.new_session()
-        self._out = b""
+        self._out = b""  # replies not sent yet, from _offset on
+        self._offset = 0
         self._closing = False
+        self._run: bytes | None = None  # the chunk answer() ran but did not answer
+
+    def _replies(self, data: bytes) -> bytes:
+        commands = self._parser.feed(data)
+        if len(commands) == 1 and self._parser.error is None:
+            return self._session.execute(commands[0])
+        if commands or self._parser.error is not None:
+            return run_batch(self._session, commands, self._parser)
+        return b""
+
+    def answer(self, data: bytes, max_bytes: int) -> bytes | None:
+        """The replies to ``data`` when they fit and keep the connection; else None."""
+        reply = self._replies(data)
+        if len(reply) <= max_bytes and not self._session.closing:
+            return reply
+        self._keep(reply)
+        self._run = data
+        return None
 
     def receive_data(self, data: bytes) -> None:
         """Run the commands ``data`` completes; ``b""`` (EOF) closes after the replies."""
+        if data is self._run:  # answer() ran it already
+            self._run = None
+            return
         if not data:
             self._closing = True
             return
-        commands = self._parser.feed(data)
-        reply = (
-            run_batch(self._session, commands, self._parser)
-            if commands or self._parser.error
-            else b""
-        )
+        self._keep(self._replies(data))
+
+    def _keep(self, reply: bytes) -> None:
         if reply:
-            self._out = self._out + reply if self._out else reply
+            pending = self._out[self._offset :]
+            self._out = pending + reply if pending else reply
+            self._offset = 0
         if self._session.closing:
             self._closing = True
 
     def data_to_send(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes`` of the pending replies."""
-        out = self._out
-        if len(out) <= max_bytes:
+        """Up to ``max_bytes`` of the pending replies (no copy of the rest)."""
+        out, offset = self._out, self._offset
+        if offset == 0 and len(out) <= max_bytes:
             self._out = b""
             return out
-        self._out = out[max_bytes:]
-        return out[:max_bytes]
+        chunk = out[offset : offset + max_bytes]
+        self._offset = offset + len(chunk)
+        if self._offset >= len(out):
+            self._out, self._offset = b"", 0
+        return chunk
 
     @property
     def close_after_flush(self) -> bool:
