@@ -342,3 +342,20 @@ def test_documented_command_parses(args: list[str]) -> None:
         pass
     except click.UsageError as exc:
         pytest.fail(f"triosrv {' '.join(args)}: {exc.format_message()}")
+
+
+def test_run_a_server_table_names_only_real_listen_options() -> None:
+    # The hand-written options table of the how-to must not drift from the command.
+    from triosrv._cli import main
+
+    listen = main.commands["listen"]
+    real = {opt for p in listen.params for opt in [*p.opts, *getattr(p, "secondary_opts", [])]}
+    table = (DOCS / "howto" / "run-a-server.md").read_text()
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `--")]
+    named = {
+        o
+        for row in rows
+        for o in re.findall(r"`(--[a-z-]+)", row) + re.findall(r", `(--[a-z-]+)", row)
+    }
+    assert len(named) >= 15
+    assert not named - real, sorted(named - real)
