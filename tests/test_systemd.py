@@ -132,11 +132,19 @@ def test_systemd_fd_bind_parses() -> None:
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def exec_start_arguments() -> list[str]:
-    """The arguments after ``listen`` on the documented unit's ExecStart line."""
+def unit_command(key: str, rundir: Path | None = None) -> list[str]:
+    """The words of the documented unit's ``key`` line (ExecStart=, ExecReload=), with
+    its RuntimeDirectory (/run/triosrv) moved to ``rundir``."""
     service = (EXAMPLES / "triosrv.service").read_text()
-    [line] = [x for x in service.splitlines() if x.startswith("ExecStart=")]
-    words = line.split()
+    [line] = [x for x in service.splitlines() if x.startswith(f"{key}=")]
+    if rundir is not None:
+        line = line.replace("/run/triosrv", str(rundir))
+    return line.removeprefix(f"{key}=").split()
+
+
+def exec_start_arguments(rundir: Path | None = None) -> list[str]:
+    """The arguments after ``listen`` on the documented unit's ExecStart line."""
+    words = unit_command("ExecStart", rundir)
     return words[words.index("listen") + 1 :]
 
 
@@ -178,11 +186,21 @@ async def test_systemd_socket_activation_serves_without_binding_and_notifies(
     env["NOTIFY_SOCKET"] = notify_path
     fd = listening.fileno()
     # The documented unit's ExecStart arguments; no --bind: the socket is fd 3.
-    command = [sys.executable, "-c", LAUNCHER, str(fd), *exec_start_arguments()]
+    command = [sys.executable, "-c", LAUNCHER, str(fd), *exec_start_arguments(tmp_path)]
     proc = await trio.lowlevel.open_process(command, env=env, pass_fds=[fd], stderr=subprocess.PIPE)
     listening.close()  # only the child holds it now: what it serves, it did not bind
     try:
         assert await receive_notification(receiver) == {"READY": "1"}
+        assert await echo_once(socket.AF_INET, ("127.0.0.1", port)) == b"ping"
+        # systemctl reload: the unit's ExecReload= command, synchronous.
+        reload = unit_command("ExecReload", tmp_path)
+        assert reload[0].endswith("/triosrv")
+        reloaded = await trio.run_process(
+            [sys.executable, "-m", "triosrv", *reload[1:]], capture_stdout=True
+        )
+        assert reloaded.stdout == b"reloaded: generation 2 serving\n"
+        assert (await receive_notification(receiver))["RELOADING"] == "1"
+        assert (await receive_notification(receiver))["READY"] == "1"
         assert await echo_once(socket.AF_INET, ("127.0.0.1", port)) == b"ping"
         proc.send_signal(signal.SIGTERM)
         assert await receive_notification(receiver) == {"STOPPING": "1"}

@@ -808,9 +808,9 @@ def bench_threads_vs_tasks_command(connections: str, as_json: bool, plot: str | 
 @click.option(
     "--grace",
     type=click.FloatRange(0, 3600, min_open=True),
-    default=30.0,
+    default=120.0,
     show_default=True,
-    help="The server's --grace.",
+    help="The server's --grace (the first stream lives through the run, up to 0.9 of it).",
 )
 def bench_reload_command(**opts: Any) -> None:
     """Reload an echo server K times under a churn of connections and count every loss.

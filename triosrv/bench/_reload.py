@@ -10,7 +10,9 @@ asked), then, at the same time:
 - ``streams`` long-lived connections each echo a chunk every ``STREAM_PERIOD``
   seconds for ``stream_lifetime`` seconds (shorter than ``grace``), then close and
   are replaced. One cut before its end (reset, early EOF, a wrong echo) is *cut*.
-  The first stream opened is the *sentinel*: it lives through the whole run;
+  The first stream opened is the *sentinel*: it lives through the whole run (at most
+  ``SENTINEL_SHARE`` of ``grace``: its generation is retired at the first reload and
+  may keep it only that long);
 
 and it sends SIGHUP ``reloads`` times, waiting each time until the log says the new
 generation serves (or that the reload failed), ``interval`` seconds apart. It prints
@@ -36,6 +38,7 @@ import trio
 from ._servers import BenchError
 
 STREAM_PERIOD = 0.05
+SENTINEL_SHARE = 0.9
 #: The most one reload may take before the run is abandoned.
 MAX_SECONDS = 60.0
 EXCHANGE_TIMEOUT = 10.0
@@ -54,7 +57,7 @@ class ReloadPlan:
     stream_lifetime: float = 2.0
     workers: int | None = None
     backend: str = "trio"
-    grace: float = 30.0
+    grace: float = 120.0
 
 
 @attrs.define
@@ -193,8 +196,8 @@ async def _streams(port: int, plan: ReloadPlan, counts: ReloadCounts, done: trio
         await _stream(port, plan.stream_lifetime, counts, done)
 
 
-async def _sentinel(port: int, counts: ReloadCounts, done: trio.Event) -> None:
-    counts.sentinel_cut = await _stream(port, float("inf"), counts, done)
+async def _sentinel(port: int, grace: float, counts: ReloadCounts, done: trio.Event) -> None:
+    counts.sentinel_cut = await _stream(port, grace * SENTINEL_SHARE, counts, done)
 
 
 async def _reload(server: _Server, counts: ReloadCounts) -> None:
@@ -228,7 +231,7 @@ async def run_reload_bench(
             port = int((await server.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)"))[1])
             done = trio.Event()
             async with trio.open_nursery() as load:
-                load.start_soon(_sentinel, port, counts, done)
+                load.start_soon(_sentinel, port, plan.grace, counts, done)
                 for _ in range(plan.streams):
                     load.start_soon(_streams, port, plan, counts, done)
                 for _ in range(plan.concurrency):
