@@ -173,6 +173,19 @@ def test_readme_links_point_at_existing_pages() -> None:
     assert links
     for link in links:
         assert (ROOT / link).exists(), link
+    # The headline figures' commands name scripts and subcommands that exist.
+    scripts = re.findall(r"python (scripts/[\w./]+\.py)", readme)
+    assert len(scripts) >= 2
+    for script in scripts:
+        assert (ROOT / script).exists(), script
+    from triosrv._cli import main
+
+    for words in re.findall(r"`triosrv ([a-z-]+(?: [a-z-]+)?)", readme):
+        command: click.Command = main
+        for word in words.split():
+            if isinstance(command, click.Group) and word in command.commands:
+                command = command.commands[word]
+        assert command is not main, words
 
 
 # -- the built site in a real browser (headless Chromium; skipped where there is none) --
