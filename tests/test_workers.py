@@ -36,6 +36,10 @@ class Log:
             self._changed.set()
             self._changed = trio.Event()
 
+    async def changed(self) -> None:
+        """Wait for the next line."""
+        await self._changed.wait()
+
     async def wait_for(self, pattern: str, *, after: int = 0) -> re.Match[str]:
         """The first line from index ``after`` on that matches ``pattern``."""
         with trio.fail_after(60):  # generous: python start-ups on a loaded machine
@@ -321,3 +325,47 @@ async def many_pids(port: int, count: int) -> list[int | None]:
         for _ in range(4):
             nursery.start_soon(client, count // 4)
     return results
+
+
+BROKEN = "raise RuntimeError('broken on purpose')\n"
+WORKING = "async def handler(conn):\n    await conn.send_all(b'back\\n')\n"
+
+
+async def test_workers_crash_looping_worker_is_backed_off(tmp_path: Path) -> None:
+    # A worker whose handler stops importing (the file was broken after the start)
+    # dies at every restart: the restarts slow down (0.1, 0.2, 0.4 s, ...) instead of
+    # spinning, and the queue waits for a worker that can serve.
+    (tmp_path / "flaky.py").write_text(WORKING)
+    command = [sys.executable, "-m", "triosrv", "listen", "--workers", "1", "--port", "0"]
+    command += ["--handler", "flaky:handler"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = await trio.lowlevel.open_process(command, cwd=ROOT, stderr=subprocess.PIPE, env=env)
+    log = Log()
+    pids: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            assert proc.stderr is not None
+            nursery.start_soon(log.read, proc.stderr)
+            port = int((await log.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)"))[1])
+            pids.append(int((await log.wait_for(r"worker 1 started \(pid (\d+)\)"))[1]))
+            (tmp_path / "flaky.py").write_text(BROKEN)
+            os.kill(pids[0], signal.SIGKILL)
+            with trio.fail_after(60):
+                while sum("restarting in" in line for line in log.lines) < 4:
+                    await log.changed()
+            text = "\n".join(log.lines)
+            assert "cannot import 'flaky:handler': RuntimeError: broken on purpose" in text
+            delays = [float(d) for d in re.findall(r"restarting in ([\d.]+) s", text)][:4]
+            assert delays[:3] == [0.1, 0.2, 0.4], text
+            # Fixed again: the next restart serves what waited in the queue.
+            (tmp_path / "flaky.py").write_text(WORKING)
+            async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                with trio.fail_after(30):
+                    assert await stream.receive_some(100) == b"back\n"
+            pids += [int(p) for p in re.findall(r"started \(pid (\d+)\)", "\n".join(log.lines))]
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(60):
+                assert await proc.wait() == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        await end_supervisor(proc, pids)
