@@ -410,14 +410,19 @@ def server_config(args: argparse.Namespace) -> triosrv.ServerConfig:
         binds=[f"{host}:{args.port}"],
         backend=args.backend,
         timeouts=triosrv.Timeouts(
-            idle=args.idle_timeout, write=args.write_timeout, grace=args.grace or None
+            # --grace 0 (cancel at once) is passed to Server.shutdown(); the config
+            # only takes a positive grace.
+            idle=args.idle_timeout,
+            write=args.write_timeout,
+            grace=args.grace or triosrv.Timeouts().grace,
         ),
         limits=triosrv.Limits(max_connections=args.maxclients),
     )
 
 
-async def serve_until_signalled(server: Server, config: triosrv.ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM: the first drains (``grace``), a second cancels."""
+async def serve_until_signalled(server: Server, config: triosrv.ServerConfig, grace: float) -> None:
+    """Serve until SIGINT/SIGTERM: the first drains for ``grace`` seconds (0: cancel
+    at once), a second cancels."""
     handler: Callable[[triosrv.Connection], object]
     if config.backend == "trio":
         handler = server.handle
@@ -429,7 +434,7 @@ async def serve_until_signalled(server: Server, config: triosrv.ServerConfig) ->
             for address in running.addresses:
                 logger.info("listening on %s", address)
             nursery.start_soon(server.sweep_expired)
-            nursery.start_soon(_watch_signals, signals, running, nursery.cancel_scope)
+            nursery.start_soon(_watch_signals, signals, running, grace, nursery.cancel_scope)
             await running.wait_closed()
             nursery.cancel_scope.cancel()
     stats = running.statistics()
@@ -442,14 +447,17 @@ async def serve_until_signalled(server: Server, config: triosrv.ServerConfig) ->
 
 
 async def _watch_signals(
-    signals: trio.abc.ReceiveChannel[int], running: triosrv.Server, scope: trio.CancelScope
+    signals: trio.abc.ReceiveChannel[int],
+    running: triosrv.Server,
+    grace: float,
+    scope: trio.CancelScope,
 ) -> None:
     count = 0
     async for signum in signals:
         count += 1
         name = signal.Signals(signum).name
         if count == 1:
-            running.shutdown()
+            running.shutdown(grace=grace)
             logger.info(
                 "%s: shutting down, draining %d connection(s)", name, running.statistics().active
             )
@@ -473,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minikv: error: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(serve_until_signalled, Server(args.settings), config)
+        trio.run(serve_until_signalled, Server(args.settings), config, args.grace)
     except BaseExceptionGroup as group:
         bind_errors = group.subgroup(triosrv.BindError)
         if bind_errors is None or bind_errors.split(triosrv.BindError)[1] is not None:

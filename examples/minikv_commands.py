@@ -18,6 +18,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import NamedTuple
 
+import minikv_lists
 from minikv_state import Broker, Outbox, Settings, Store
 
 from triosrv.protocols import (
@@ -35,6 +36,7 @@ from triosrv.protocols import (
 Handler = Callable[["Session", list[bytes]], bytes]
 
 SYNTAX_ERROR = b"-ERR syntax error\r\n"
+WRONGTYPE = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
 NOT_INTEGER = b"-ERR value is not an integer or out of range\r\n"
 PONG = b"+PONG\r\n"
 ZERO = b":0\r\n"
@@ -333,6 +335,8 @@ def cmd_set(s: Session, argv: list[bytes]) -> bytes:
             return b"-ERR invalid expire time in 'set' command\r\n"
     store = s.store
     old = store.get(key)
+    if flags & GET and old is not None and old.__class__ is not bytes:
+        return WRONGTYPE
     if (flags & NX and old is not None) or (flags & XX and old is None):
         return resp_bulk(old) if flags & GET else RESP_NULL_BULK
     store.data[key] = value
@@ -377,14 +381,15 @@ def _expire_at(s: Session, when: bytes, flags: int) -> int | None:
 def cmd_get(s: Session, argv: list[bytes]) -> bytes:
     store = s.store
     value = store.get(argv[1]) if store.expires else store.data.get(argv[1])
-    if value is None:
-        return RESP_NULL_BULK
+    if value.__class__ is not bytes:
+        return RESP_NULL_BULK if value is None else WRONGTYPE
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 def cmd_mget(s: Session, argv: list[bytes]) -> bytes:
     get = s.store.get
-    return resp_array([get(key) for key in argv[1:]])
+    values = [get(key) for key in argv[1:]]
+    return resp_array([v if v.__class__ is bytes else None for v in values])
 
 
 def cmd_mset(s: Session, argv: list[bytes]) -> bytes:
@@ -412,6 +417,8 @@ def _incr_by(s: Session, key: bytes, by: int) -> bytes:
     old = store.get(key) if store.expires else store.data.get(key)
     if old is None:
         value = by
+    elif old.__class__ is not bytes:
+        return WRONGTYPE
     elif 0 < len(old) < 19 and old.isdigit() and (old[0] != 48 or len(old) == 1):
         value = int(old) + by  # the common case: a small non-negative number
     else:
@@ -567,6 +574,12 @@ COMMANDS: dict[bytes, Command] = {
     b"publish": Command(cmd_publish, 3, "publish"),
     b"subscribe": Command(cmd_subscribe, -2, "subscribe", in_pubsub=True),
     b"unsubscribe": Command(cmd_unsubscribe, -1, "unsubscribe", in_pubsub=True),
+    b"lpush": Command(minikv_lists.cmd_lpush, -3, "lpush"),
+    b"rpush": Command(minikv_lists.cmd_rpush, -3, "rpush"),
+    b"lpop": Command(minikv_lists.cmd_lpop, -2, "lpop"),
+    b"rpop": Command(minikv_lists.cmd_rpop, -2, "rpop"),
+    b"llen": Command(minikv_lists.cmd_llen, 2, "llen"),
+    b"lrange": Command(minikv_lists.cmd_lrange, 4, "lrange"),
 }
 # Clients send names in upper case (redis-benchmark, redis-py) or lower case: both are
 # found at the first try; other spellings take a lower() first.

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from minikv_commands import Session
 
 Clock = Callable[[], int]
+#: A value: a string, or a list (``minikv_lists.py``).
+Value = bytes | deque[bytes]
 
 
 class Store:
@@ -31,11 +33,12 @@ class Store:
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.data: dict[bytes, bytes] = {}
+        self.data: dict[bytes, Value] = {}
         self.expires: dict[bytes, int] = {}
 
-    def get(self, key: bytes) -> bytes | None:
-        """The live value of ``key``, or None (an expired key is removed here)."""
+    def get(self, key: bytes) -> Value | None:
+        """The live value of ``key`` (``bytes``, or a ``deque`` for a list), or None
+        (an expired key is removed here)."""
         if self.expires and key in self.expires and self.expires[key] <= self.clock():
             del self.data[key]
             del self.expires[key]

@@ -72,6 +72,16 @@ def test_redis_py_every_command(client: redis.Redis) -> None:
     assert client.client_setname("me") is True
     assert client.client_getname() == "me"
     assert client.config_get("save") == {"save": ""}
+    assert client.lpush("list", "a", "b") == 2
+    assert client.rpush("list", "c") == 3
+    assert client.lrange("list", 0, -1) == [b"b", b"a", b"c"]
+    assert client.llen("list") == 3
+    assert client.lpop("list") == b"b"
+    assert client.rpop("list", 2) == [b"c", b"a"]
+    assert client.exists("list") == 0
+    client.rpush("list", "x")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE Operation against a key"):
+        client.get("list")
     assert client.flushall() is True
     assert client.dbsize() == 0
     with pytest.raises(redis.ResponseError, match="value is not an integer or out of range"):

@@ -4,8 +4,10 @@ backend, pub/sub limits, and its sans-IO parts (store, outbox) with a fake clock
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import trio
@@ -64,6 +66,19 @@ def test_minikv_sigterm_drains_and_exits_0() -> None:
         log = server.read_log()
     assert b"SIGTERM: shutting down" in log
     assert b"stopped: " in log
+
+
+@pytest.mark.parametrize("grace", ["0", "0.5"])
+def test_minikv_sigterm_cancels_idle_clients_after_grace(grace: str) -> None:
+    with minikv_process("--grace", grace) as (port, server):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            idle.sendall(encode("PING"))
+            assert idle.recv(100) == b"+PONG\r\n"
+            started = time.monotonic()
+            assert server.stop(signal.SIGTERM) == 0
+            assert time.monotonic() - started < 8  # generous: a loaded machine
+            assert idle.recv(100) == b""  # closed by the server
+        assert b"1 cancelled" in server.read_log()
 
 
 def test_minikv_epoll_backend_serves_the_key_value_subset() -> None:
