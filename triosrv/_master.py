@@ -417,7 +417,8 @@ class Master:
             " ".join(str(w.pid) for w in generation.status()),
             "-" if old is None else old.number,
         )
-        notify("READY=1\nSTATUS=serving")
+        if self.state == "serving":
+            notify("READY=1\nSTATUS=serving")
         return self._record(ReloadAttempt(generation=generation.number, time=_now(), ok=True))
 
     def _serving_number(self) -> int:
@@ -427,7 +428,8 @@ class Master:
         logger.error(
             "reload failed, generation %d keeps serving: %s", self._serving_number(), reason
         )
-        notify(f"READY=1\nSTATUS=reload failed: {reason}")
+        if self.state == "serving":  # not when a stop cut the reload short
+            notify(f"READY=1\nSTATUS=reload failed: {reason}")
         return self._record(ReloadAttempt(generation=number, time=_now(), ok=False, reason=reason))
 
     def _record(self, attempt: ReloadAttempt) -> ReloadAttempt:
