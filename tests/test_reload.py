@@ -324,3 +324,24 @@ def test_reload_master_control_answers_anything_with_one_json_line(lines: list[b
             assert after is None or callable(after)  # a drain, not started here
 
     trio.run(main)
+
+
+async def test_reload_asked_during_a_reload_waits_for_its_outcome(tmp_path: Path) -> None:
+    control = str(tmp_path / "ctl")
+    async with listen("--port", "0", "--control", control) as server:
+        status = [sys.executable, "-m", "triosrv", "status", "--control", control, "--reload"]
+        outputs: list[str] = []
+
+        async def ask_reload() -> None:
+            result = await trio.run_process(status, capture_stdout=True)
+            outputs.append(result.stdout.decode().strip())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(ask_reload)
+        numbers = [int(re.findall(r"generation (\d+) serving", out)[0]) for out in outputs]
+        # Each answer names a generation that was serving when it came; the last one
+        # started after the last request arrived, so it is the highest.
+        serving = int(re.findall(r"reload: generation (\d+) serving", server.text)[-1])
+        assert max(numbers) == serving and all(n >= 2 for n in numbers)
+        assert await ask(port_of(server), b"x") == b"x"

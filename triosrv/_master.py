@@ -374,14 +374,18 @@ class Master:
     async def reload(self, origin: str = "reload") -> ReloadAttempt | None:
         """Start the next generation and retire the current one (see the module).
 
-        Returns the attempt, or None when it was folded into a reload already running
-        (that one then runs again once it is over).
+        A reload asked for while one runs is folded into it: that one runs once more
+        when it is over, and every caller gets the outcome of that last run. Returns
+        the attempt (None only if none was recorded).
         """
         if self.state != "serving":
             return ReloadAttempt(generation=0, time=_now(), ok=False, reason="stopping")
         if self._reload_lock.locked():
+            # Folded into the reload running: it runs once more (so what changed
+            # since it read the file is read too), and this caller gets that outcome.
             self._reload_again = True
-            return None
+            async with self._reload_lock:
+                return self.reloads[-1] if self.reloads else None
         async with self._reload_lock:
             attempt = await self._reload_once(origin)
             while self._reload_again and self.state == "serving":
