@@ -138,22 +138,29 @@ async def handler(conn):
 """
 
 
+@pytest.mark.parametrize("workers", [None, 2])
 async def test_reload_runs_edited_handler_code_in_new_processes_on_the_same_port(
-    tmp_path: Path,
+    tmp_path: Path, workers: int | None
 ) -> None:
     module = tmp_path / "reloadme.py"
     module.write_text(HANDLER_CODE.format(version="v1"))
     control = str(tmp_path / "ctl")
     env = {"PYTHONPATH": str(tmp_path)}
     args = ["--port", "0", "--handler", "reloadme:handler", "--control", control]
+    args += [] if workers is None else ["--workers", str(workers)]
     async with listen(*args, env=env) as server:
         port = port_of(server)
-        assert await ask(port) == b"v1 %d\n" % server.proc.pid
+        version, first = (await ask(port)).split()
+        assert version == b"v1"
+        if workers is None:  # generation 1 is served by the process started
+            assert int(first) == server.proc.pid
+        old_pids = set(re.findall(r"started \(pid (\d+)\)", server.text))
         # Same length, likely the same second: the bytecode cache must not be used.
         module.write_text(HANDLER_CODE.format(version="v2"))
         assert (await sighup(server))[1] == "2"
         version, pid = (await ask(port)).split()
         assert version == b"v2" and int(pid) != server.proc.pid
+        assert pid.decode() not in old_pids and pid != first
         # The control socket does the same, and says when it is done.
         module.write_text(HANDLER_CODE.format(version="v3"))
         result = await trio.run_process(
