@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from triosrv.testing import platform_env, without_proc
+from triosrv.testing._platform import HIDDEN
 
 # Every backend that must run without epoll; poll too, since macOS and the BSDs have it.
 PORTABLE_BACKENDS = ("trio", "trio-fd", "select", "poll", "nonblocking", "blocking")
@@ -63,11 +64,12 @@ def test_platform_env_hides_the_linux_features_but_trio_runs(sim_env: dict[str, 
         "import os, select, socket, trio\n"
         "trio.run(trio.sleep, 0)\n"
         "print(hasattr(select, 'epoll'), hasattr(select, 'EPOLLIN'), hasattr(os, 'eventfd'),"
+        " hasattr(select, 'POLLRDHUP'),"
         " hasattr(os, 'sched_getaffinity'), hasattr(socket, 'SO_PASSCRED'), select.poll)\n"
     )
     done = run_simulated(sim_env, [sys.executable, "-c", probe])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("False False False False False <built-in function poll>")
+    assert done.stdout.startswith("False False False False False False <built-in function poll>")
 
 
 def test_platform_without_proc_sees_an_empty_proc() -> None:
@@ -396,3 +398,25 @@ def test_platforms_doc_example_runs_as_shown() -> None:
         line for line in doc.splitlines() if line.startswith("error: backend: 'epoll'")
     ]
     assert table_line == message.strip()
+
+
+def test_without_poll_the_poll_backend_is_refused_and_the_rest_serve(tmp_path: Path) -> None:
+    hide = {**HIDDEN, "select": (*HIDDEN["select"], "poll", "POLL")}  # no poll() at all
+    env = platform_env(tmp_path, hide=hide)
+    refused = run_simulated(env, triosrv_cmd("listen", "--port", "0", "--backend", "poll"))
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "error: backend: 'poll' needs select.poll, which this platform lacks; available "
+        "backends: trio, trio-fd, select, nonblocking, blocking\n"
+    )
+    for backend in ("trio", "select"):
+        reply, code, log = serve_echo_and_stop(
+            env, triosrv_cmd("listen", "--port", "0", "--backend", backend)
+        )
+        assert (reply, code) == (b"portable bytes\n" * 100, 0), log
+        assert "Traceback" not in log
+
+
+def test_platform_env_refuses_a_module_it_cannot_hide_from(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only select, socket and os"):
+        platform_env(tmp_path, hide={"ssl": ("OP_",)})

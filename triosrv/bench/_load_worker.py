@@ -45,9 +45,9 @@ __all__ = ["Plan", "WorkerStats", "run_worker"]
 
 # poll's event bits. epoll's are the same numbers (IN 1, OUT 4, ERR 8, HUP 16), so one set
 # serves both pollers; naming them from poll keeps this module importable without epoll.
-_EPOLLIN = select.POLLIN
-_EPOLLOUT = select.POLLOUT
-_EPOLL_TROUBLE = select.POLLERR | select.POLLHUP
+_EPOLLIN: int = getattr(select, "POLLIN", 0x001)  # (no poll at all: import, don't run)
+_EPOLLOUT: int = getattr(select, "POLLOUT", 0x004)
+_EPOLL_TROUBLE: int = getattr(select, "POLLERR", 0x008) | getattr(select, "POLLHUP", 0x010)
 _SAMPLE_CAP = 1 << 18  # latency samples kept per worker (2 MiB of doubles)
 _POLL_SLICE = 0.1  # longest single epoll wait, so deadlines are checked often enough
 _WARMUP_SLICE = 0.01  # the warm-up re-checks "every connection echoed" this often

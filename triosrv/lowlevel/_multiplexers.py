@@ -63,13 +63,20 @@ __all__ = [
     "SelectMultiplexer",
 ]
 
-READABLE = select.POLLIN
+# poll()'s bits have these numbers on Linux, macOS and the BSDs; the defaults only keep
+# this module importable where the select module has no poll at all. POLLRDHUP is
+# Linux's (macOS has none): there only a hang-up says the peer is gone.
+READABLE: int = getattr(select, "POLLIN", 0x001)
 """Wait for bytes (or EOF, or an incoming connection on a listening socket)."""
-WRITABLE = select.POLLOUT
+WRITABLE: int = getattr(select, "POLLOUT", 0x004)
 """Wait for room in the send buffer."""
-ERRORS = select.POLLERR | select.POLLHUP | select.POLLNVAL
+ERRORS: int = (
+    getattr(select, "POLLERR", 0x008)
+    | getattr(select, "POLLHUP", 0x010)
+    | getattr(select, "POLLNVAL", 0x020)
+)
 """Bits a wait may report for any watched fd: an error, a hang-up, a closed fd."""
-PEER_CLOSED = select.POLLRDHUP | select.POLLHUP
+PEER_CLOSED: int = getattr(select, "POLLRDHUP", 0) | getattr(select, "POLLHUP", 0x010)
 """Bits that come with READABLE once the peer has shut down its side: an EOF waits
 behind whatever bytes are left. An edge-triggered epoll asks for them (EPOLLRDHUP)."""
 FD_SETSIZE = 1024

@@ -8,7 +8,7 @@ machine, so the suite removes the Linux-only pieces from Python processes it sta
   environment with that directory first on ``PYTHONPATH``. Every Python process started
   with it imports trio first -- so trio keeps its own epoll I/O manager, as it keeps
   kqueue on macOS -- and then replaces ``select`` and ``socket`` in ``sys.modules`` by
-  copies without ``epoll``/``EPOLL*``, ``SO_PASSCRED``/``SCM_CREDENTIALS`` and
+  copies without ``epoll``/``EPOLL*``/``POLLRDHUP``, ``SO_PASSCRED``/``SCM_CREDENTIALS`` and
   ``SOCK_CLOEXEC``/``SOCK_NONBLOCK``, and deletes ``os.eventfd*``/``EFD_*`` and
   ``os.sched_{get,set}affinity``. Everything imported afterwards, triosrv included,
   sees a ``select``, ``socket`` and ``os`` shaped like macOS's.
@@ -33,7 +33,7 @@ __all__ = ["HIDDEN", "platform_env", "without_proc"]
 
 #: What :func:`platform_env` hides, by module: the names, and the prefixes of names.
 HIDDEN: Mapping[str, tuple[str, ...]] = {
-    "select": ("epoll", "EPOLL"),
+    "select": ("epoll", "EPOLL", "POLLRDHUP", "POLLMSG"),
     "socket": ("SO_PASSCRED", "SCM_CREDENTIALS", "SOCK_CLOEXEC", "SOCK_NONBLOCK"),
     "os": ("eventfd", "EFD_", "sched_getaffinity", "sched_setaffinity"),
 }
@@ -73,18 +73,27 @@ _HIDE_PROC = 'mount -t tmpfs -o size=4k,mode=0555 triosrv-no-proc /proc && exec 
 
 
 def platform_env(
-    directory: str | os.PathLike[str], base: Mapping[str, str] | None = None
+    directory: str | os.PathLike[str],
+    base: Mapping[str, str] | None = None,
+    *,
+    hide: Mapping[str, Sequence[str]] = HIDDEN,
 ) -> dict[str, str]:
     """Write the simulation's ``sitecustomize.py`` into ``directory``; return the
     environment (``base``, default ``os.environ``, plus ``PYTHONPATH``) that loads it.
 
+    ``hide`` maps ``select``, ``socket`` and ``os`` to the names (and name prefixes)
+    removed from them; the default is what macOS lacks of Linux's (see the module docs).
     The directory must hold no other ``sitecustomize.py`` of value: it is overwritten.
     Pass the environment to ``subprocess`` for the processes that should run simulated;
     the calling process is not changed.
     """
+    unknown = set(hide) - {"select", "socket", "os"}
+    if unknown:
+        raise ValueError(f"hide: only select, socket and os, not {sorted(unknown)}")
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    source = _SITECUSTOMIZE.format(hidden={k: tuple(v) for k, v in HIDDEN.items()})
+    hidden = {name: tuple(hide.get(name, ())) for name in ("select", "socket", "os")}
+    source = _SITECUSTOMIZE.format(hidden=hidden)
     (path / "sitecustomize.py").write_text(source, encoding="utf-8")
     env = dict(os.environ if base is None else base)
     rest = env.get("PYTHONPATH")
