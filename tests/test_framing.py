@@ -379,5 +379,5 @@ def test_framer_subclass_gets_eof_and_errors_from_the_base() -> None:
     assert frames_of(FixedSize(2), b"abcd") == ([b"ab", b"cd"], "END")
     assert frames_of(FixedSize(2), b"abc") == (
         [b"ab"],
-        "IncompleteFrameError: the peer closed the stream 1 bytes into a record",
+        "IncompleteFrameError: the peer closed the stream 1 byte into a record",
     )

@@ -19,7 +19,7 @@ buffer never holds more than the largest limit asked for, plus one chunk.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import trio
 
@@ -198,7 +198,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
-    def lines(self, *, delimiter: bytes = b"\n", max_length: int = 16384) -> LineIterator:
+    def lines(self, *, delimiter: bytes = b"\n", max_length: int = 16384) -> AsyncIterator[bytes]:
         """Iterate the lines (without *delimiter*) until the peer's EOF: ``async for``.
 
         Each line is one :meth:`receive_until` (so the same limits, timeouts and
@@ -252,7 +252,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         await self.stream.aclose()
 
 
-class LineIterator:
+class LineIterator(AsyncIterator[bytes]):
     """The async iterator of :meth:`BufferedStream.lines`."""
 
     __slots__ = ("_delimiter", "_max_length", "_stream")

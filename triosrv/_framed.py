@@ -16,6 +16,8 @@ returned or still buffered, never dropped.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import trio
 
 from .protocols import END_OF_STREAM, Framer, NoFrame
@@ -132,7 +134,7 @@ class FrameChannel(trio.abc.Channel[bytes]):
             raise trio.ClosedResourceError("this FrameChannel was closed")
         await self.stream.send_all(self.framer.frame(value))
 
-    async def send_many(self, values: list[bytes]) -> None:
+    async def send_many(self, values: Iterable[bytes | bytearray | memoryview]) -> None:
         """Send several frames with one ``send_all`` (a pipelined batch of replies).
 
         Raises what :meth:`send` raises; a payload the framer cannot carry raises

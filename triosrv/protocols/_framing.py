@@ -132,7 +132,8 @@ class IncompleteFrameError(FramingError):
 
     def __init__(self, received: int, *, what: str = "frame") -> None:
         self.received = received
-        super().__init__(f"the peer closed the stream {received} bytes into a {what}")
+        unit = "byte" if received == 1 else "bytes"
+        super().__init__(f"the peer closed the stream {received} {unit} into a {what}")
 
 
 class Framer(abc.ABC):
