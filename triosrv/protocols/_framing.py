@@ -90,7 +90,9 @@ class NoFrame(enum.Enum):
         return self.value
 
 
+#: ``next_frame()``: no complete frame is buffered; feed more bytes with ``receive_data``.
 NEED_DATA = NoFrame.NEED_DATA
+#: ``next_frame()``: the peer sent EOF at a frame boundary; every frame has been returned.
 END_OF_STREAM = NoFrame.END_OF_STREAM
 
 
