@@ -14,11 +14,9 @@ import attrs
 import trio
 
 import triosrv
-from triosrv._errors import lone_exception
 from triosrv._server import Handler
 from triosrv.protocols import Echo
-
-from .conftest import triosrv_tasks
+from triosrv.testing import open_test_server, wait_for
 
 
 class StrictEcho(Echo):
@@ -39,26 +37,27 @@ class StrictEcho(Echo):
 async def running_server(
     handler: Handler | str = "echo", **config: Any
 ) -> AsyncIterator[triosrv.Server]:
-    """Serve on 127.0.0.1:0; on exit shut down (grace 0), wait, check no task is left."""
-    if isinstance(handler, str):
-        handler = triosrv.load_handler(handler)
-    config.setdefault("binds", ["127.0.0.1:0"])
-    cfg = triosrv.ServerConfig(**config)
-    try:
-        async with trio.open_nursery() as nursery:
-            server: triosrv.Server = await nursery.start(triosrv.serve, handler, cfg)
-            try:
-                yield server
-            finally:
-                server.shutdown(grace=0)
-                await server.wait_closed()
-    except BaseExceptionGroup as group:  # report a lone failure as itself
-        lone = lone_exception(group, Exception)
-        if lone is None:
-            raise
-        raise lone from None
-    assert server.state == "closed"
+    """``triosrv.testing.open_test_server`` (127.0.0.1:0, grace 0, leak check), yielding
+    the ``Server`` itself, as most tests here talk to it; on exit no triosrv task is left."""
+    async with open_test_server(handler, **config) as running:
+        yield running.server
+    assert running.server.state == "closed"
     assert triosrv_tasks() == []
+
+
+def triosrv_tasks() -> list[str]:
+    """Names of the live tasks that triosrv started (call from inside trio)."""
+    names: list[str] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        if task.name.startswith("triosrv "):
+            names.append(task.name)
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    walk(trio.lowlevel.current_root_task())
+    return names
 
 
 def tcp_port(server: triosrv.Server) -> int:
@@ -117,9 +116,7 @@ async def receive_until_eof(stream: trio.abc.ReceiveStream, *, timeout: float = 
 
 async def wait_until_no_connection(server: triosrv.Server, *, timeout: float = 3) -> None:
     """Wait (real time) until the server is done with every connection it accepted."""
-    with trio.fail_after(timeout):
-        while server.statistics().active:
-            await trio.sleep(0.01)  # real sleep: polls a server over real sockets
+    await wait_for(lambda: not server.statistics().active, timeout=timeout)
 
 
 def random_payload(rng: random.Random, max_size: int) -> bytes:

@@ -37,9 +37,9 @@ from triosrv import Limits, Timeouts
 from triosrv._config import BACKENDS
 from triosrv.lowlevel import _loop
 from triosrv.protocols import Protocol, chargen_line
+from triosrv.testing import open_fds, wait_for
 
 from . import test_server
-from .conftest import open_fds, triosrv_tasks
 from .helpers import (
     StrictEcho,
     check_one_failure_is_isolated,
@@ -50,6 +50,7 @@ from .helpers import (
     receive_until_eof,
     running_server,
     tcp_port,
+    triosrv_tasks,
     wait_until_no_connection,
 )
 from .test_cli import run_cli
@@ -506,8 +507,7 @@ async def test_backend_select_refuses_fds_over_fd_setsize_and_keeps_serving(
         assert stats.refused_fd_setsize == closed
         assert stats.state == "serving"
         with trio.fail_after(5):  # fds are low again: served as usual
-            while server.statistics().active:
-                await trio.sleep(0.01)
+            await wait_for(lambda: not server.statistics().active)
             async with await connect(server) as stream:
                 await stream.send_all(b"still here")
                 assert await stream.receive_some() == b"still here"

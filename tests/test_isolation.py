@@ -22,6 +22,7 @@ from triosrv._config import BACKENDS
 from triosrv._isolation import TRANSIENT_ACCEPT_ERRNOS, RateLimitFilter
 from triosrv.diagnostics import serve_metrics
 from triosrv.protocols import Echo
+from triosrv.testing import wait_for
 
 from .diag_helpers import server_with_control
 from .helpers import connect, receive_until_eof, running_server
@@ -312,9 +313,7 @@ async def test_isolation_failing_handlers_do_not_flood_the_log(
         for _ in range(60):
             async with await connect(server) as client:
                 await receive_until_eof(client)
-        with trio.fail_after(5):
-            while server.statistics().handler_errors < 60:
-                await trio.sleep(0.01)
+        await wait_for(lambda: server.statistics().handler_errors >= 60)
     assert server.statistics().handler_errors == 60
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert 1 <= len(tracebacks) <= 5

@@ -27,6 +27,7 @@ from triosrv.lowlevel import (
     SelectMultiplexer,
 )
 from triosrv.protocols import Echo, Protocol
+from triosrv.testing import wait_for
 
 MULTIPLEXERS: list[Callable[[], Multiplexer]] = [
     SelectMultiplexer,
@@ -477,8 +478,7 @@ async def test_loop_reply_of_a_connection_that_broke_in_its_pass_is_dropped_once
     host = _Host()
 
     async def until_closed() -> None:
-        while "closed" not in host.events:
-            await trio.sleep(0.001)
+        await wait_for(lambda: "closed" in host.events, interval=0.001)
 
     await _serve_until(until_closed, [ours], Echo, host, twice=True)
     assert host.events == ["opened", f"broken: {os.strerror(errno.EPIPE)}", "closed"]

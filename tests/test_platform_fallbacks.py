@@ -28,6 +28,7 @@ from triosrv.bench._cengine import LoadEngineError
 from triosrv.bench._servers import machine_facts, machine_lines, plan_cpus
 from triosrv.diagnostics import _fds, system_facts
 from triosrv.lowlevel import Multiplexer, PollMultiplexer, SelectMultiplexer
+from triosrv.testing import wait_for
 
 from .helpers import running_server, tcp_port
 from .test_bench_load import ThreadedEchoServer
@@ -230,9 +231,7 @@ async def test_generation_per_worker_notify_socket_ignores_garbage(
                 await trio.testing.wait_all_tasks_blocked()
                 assert slot.state == "starting"
                 sender.sendto(b"STATUS=up\nREADY=1", address)
-                with trio.fail_after(5):
-                    while slot.state != "ready":
-                        await trio.sleep(0.01)
+                await wait_for(lambda: slot.state == "ready")
             assert slot.message == "up"
             assert generation._slots[1].state == "starting"  # not its socket
             assert not generation._all_ready.is_set()

@@ -12,6 +12,7 @@ import trustme
 
 import triosrv
 from triosrv.protocols import encode_proxy_v1, encode_proxy_v2
+from triosrv.testing import wait_for
 
 from .helpers import connect, running_server
 
@@ -46,13 +47,6 @@ async def closed_by_server(stream: trio.SocketStream) -> bool:
         return await receive_until(stream, 1) == b""
     except trio.BrokenResourceError:
         return True
-
-
-async def wait_for(predicate: object) -> None:
-    assert callable(predicate)
-    with trio.fail_after(10):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 V2_HEADER = encode_proxy_v2(("203.0.113.7", 50123), ("198.51.100.1", 443))

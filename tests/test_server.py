@@ -19,8 +19,8 @@ import trio
 
 import triosrv
 from triosrv import Connection, Limits, Timeouts
+from triosrv.testing import open_fds, wait_for
 
-from .conftest import open_fds, triosrv_tasks
 from .helpers import (
     check_one_failure_is_isolated,
     connect,
@@ -29,6 +29,7 @@ from .helpers import (
     receive_until_eof,
     running_server,
     tcp_port,
+    triosrv_tasks,
 )
 
 
@@ -93,8 +94,7 @@ async def test_peer_reset_is_not_a_handler_error(backend: str) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await sock.recv(100)
         sock.close()  # with SO_LINGER 0: a reset, not a FIN
-        while server.statistics().active:
-            await trio.sleep(0.01)
+        await wait_for(lambda: not server.statistics().active)
         stats = server.statistics()
     assert stats.handler_errors == 0
     assert stats.broken == 1
@@ -178,8 +178,7 @@ async def test_shutdown_cancels_what_is_left_after_grace() -> None:
 
     async with running_server(stuck) as server:
         stream = await connect(server)
-        while not server.statistics().active:
-            await trio.sleep(0.01)
+        await wait_for(lambda: server.statistics().active)
         start = trio.current_time()
         server.shutdown(grace=0.3)
         server.shutdown(grace=10)  # idempotent: a longer grace does not extend it
@@ -369,8 +368,6 @@ async def test_bytes_sent_counts_what_went_out_before_a_write_timeout() -> None:
         running_server(big_send, timeouts=Timeouts(write=0.3)) as server,
         await connect(server),  # a client that never reads
     ):
-        with trio.fail_after(5):
-            while server.statistics().timeouts["write"] == 0:
-                await trio.sleep(0.02)
+        await wait_for(lambda: server.statistics().timeouts["write"])
         stats = server.statistics()
     assert 0 < stats.bytes_sent < 8 * 1024 * 1024

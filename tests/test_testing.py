@@ -26,6 +26,7 @@ from triosrv.testing import (
     cancellation_sweep,
     check_no_leaks,
     open_test_server,
+    wait_for,
 )
 
 # -- open_test_server -------------------------------------------------------------
@@ -411,3 +412,46 @@ async def test_cancellation_sweep_samples_large_scenarios_from_the_seed() -> Non
     again = await cancellation_sweep(scenario, max_trials=20, seed=4)
     assert steps == [trial.step for trial in again.trials[1:]]
     report.check()
+
+
+# -- wait_for ---------------------------------------------------------------------
+
+
+async def test_wait_for_returns_the_first_true_value_in_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: list[float] = []
+
+    def third_time() -> str:
+        calls.append(trio.current_time())
+        return "ready" if len(calls) == 3 else ""
+
+    start = trio.current_time()
+    assert await wait_for(third_time, interval=0.5) == "ready"
+    assert [t - start for t in calls] == pytest.approx([0.0, 0.5, 1.0])
+
+
+async def test_wait_for_a_true_condition_does_not_sleep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    assert await wait_for(lambda: 7) == 7
+    assert trio.current_time() == start
+
+
+async def test_wait_for_times_out_naming_the_predicate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def never() -> bool:
+        return False
+
+    start = trio.current_time()
+    with pytest.raises(trio.TooSlowError, match=r"never \(.*test_testing.py:\d+\) still false"):
+        await wait_for(never, timeout=3)
+    assert trio.current_time() - start == pytest.approx(3)
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("nan")])
+async def test_wait_for_refuses_an_interval_that_is_not_positive(interval: float) -> None:
+    with pytest.raises(ValueError, match="interval must be > 0"):
+        await wait_for(lambda: True, interval=interval)

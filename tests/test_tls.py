@@ -15,6 +15,7 @@ import trustme
 
 import triosrv
 from triosrv._preamble import TLSConnection, load_tls_context
+from triosrv.testing import wait_for
 
 from .helpers import connect, running_server, tcp_port
 
@@ -81,9 +82,7 @@ async def test_tls_failed_handshake_is_logged_and_never_reaches_handler(
             await plain.send_all(b"GET / HTTP/1.0\r\n\r\n")
             with trio.fail_after(5):
                 assert await plain.receive_some(100) == b""  # closed by the server
-        with trio.fail_after(5):
-            while server.statistics().handshake_failures["tls"] == 0:
-                await trio.sleep(0.01)
+        await wait_for(lambda: server.statistics().handshake_failures["tls"])
     assert handler.seen == []
     [record] = [r for r in caplog.records if "handshake failed" in r.getMessage()]
     assert record.levelno == logging.INFO

@@ -10,6 +10,8 @@
   :mod:`triosrv.testing.pytest_plugin`.
 - :func:`cancellation_sweep`: cancel a scenario before each of its scheduling steps
   in turn and check that only ``Cancelled`` came out and nothing leaked.
+- :func:`wait_for`: poll a condition that has no event to wait on (a server's
+  statistics), with a timeout, in trio's clock (virtual under ``MockClock``).
 - :func:`platform_env` and :func:`without_proc`: run Python subprocesses as on a
   platform without epoll, eventfd, CPU affinity and /proc (macOS, the BSDs), on Linux.
 """
@@ -21,6 +23,7 @@ from ._leaks import LeakError, Leaks, Snapshot, check_no_leaks, leaks_since, ope
 from ._platform import platform_env, without_proc
 from ._server import RunningServer, open_test_server
 from ._sweep import SweepError, SweepReport, Trial, cancellation_sweep
+from ._wait import wait_for
 
 __all__ = [
     "Faults",
@@ -38,5 +41,6 @@ __all__ = [
     "open_fds",
     "open_test_server",
     "platform_env",
+    "wait_for",
     "without_proc",
 ]
