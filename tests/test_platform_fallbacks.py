@@ -19,8 +19,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triosrv import ConfigError, _platform, _workers
+from triosrv import BindError, ConfigError, _platform, _workers, parse_bind
 from triosrv._backends import available_backends, require_backend
+from triosrv._listeners import open_listeners
 from triosrv._systemd import parse_notification
 from triosrv.bench import _cengine, _load_worker, run_load
 from triosrv.bench._backends import pinned_here
@@ -237,3 +238,16 @@ async def test_generation_per_worker_notify_socket_ignores_garbage(
             assert not generation._all_ready.is_set()
             nursery.cancel_scope.cancel()
     assert not os.path.exists(address)  # removed with the generation
+
+
+def test_reuse_port_without_so_reuseport_is_one_bind_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(socket, "SO_REUSEPORT")
+    with pytest.raises(BindError) as info:
+        open_listeners([parse_bind("127.0.0.1:0")], reuse_port=True)
+    assert info.value.strerror == (
+        "cannot bind 127.0.0.1:0: --reuse-port needs SO_REUSEPORT, which this platform lacks"
+    )
+    for listener in open_listeners([parse_bind("127.0.0.1:0")]):  # without it: fine
+        listener.close()

@@ -148,6 +148,11 @@ def _stream_socket(
 
 
 def _open_tcp(spec: BindSpec, backlog: int | None, *, reuse_port: bool) -> list[Listener]:
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):  # Linux 3.9+, macOS, BSDs have it
+        raise BindError(
+            errno.ENOPROTOOPT,
+            f"cannot bind {spec}: --reuse-port needs SO_REUSEPORT, which this platform lacks",
+        )
     out: list[Listener] = []
     try:
         for family, type_, proto, sockaddr in _resolve(spec):
