@@ -81,8 +81,8 @@ test_cancelling_the_enclosing_scope_stops_everything_at_once = (
 test_write_timeout_closes_a_peer_that_never_reads_and_memory_stays_flat = (
     test_server.test_write_timeout_closes_a_peer_that_never_reads_and_memory_stays_flat
 )
-test_idle_timeout_over_a_real_socket_closes_near_its_setting = (
-    test_server.test_idle_timeout_over_a_real_socket_closes_near_its_setting
+test_idle_timeout_over_a_real_socket_closes_an_idle_peer = (
+    test_server.test_idle_timeout_over_a_real_socket_closes_an_idle_peer
 )
 test_lifetime_timeout_over_a_real_socket = test_server.test_lifetime_timeout_over_a_real_socket
 test_daytime_sends_one_line_then_closes = test_server.test_daytime_sends_one_line_then_closes
@@ -332,17 +332,19 @@ async def test_backend_shutdown_closes_what_is_left_after_grace(backend: str) ->
     ):
         await stream.send_all(b"x")
         assert await stream.receive_some() == b"x"
-        start = trio.current_time()
-        server.shutdown(grace=0.3)
-        with trio.fail_after(3):
+        server.shutdown(grace=0.5)
+        # Still served while the grace runs (the timing of grace: test_server.py's smoke
+        # test and the virtual-time one in test_connection.py).
+        await stream.send_all(b"during grace")
+        assert await receive_exactly(stream, len(b"during grace")) == b"during grace"
+        with trio.fail_after(10):
             await server.wait_closed()
-        elapsed = trio.current_time() - start
         with trio.fail_after(1):
             try:
                 assert await stream.receive_some() == b""
             except trio.BrokenResourceError:
                 pass  # closed with a reset: also closed
-    assert 0.25 < elapsed < 1.5
+    assert server.statistics().state == "closed"
 
 
 class Boom(Protocol):

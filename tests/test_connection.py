@@ -319,3 +319,30 @@ async def test_add_stream_waiting_for_a_slot_is_refused_after_shutdown(
         assert server.statistics().active == 0
         assert await late_client.receive_some() == b""  # the server closed it
     await late_client.aclose()
+
+
+async def test_shutdown_grace_lets_a_connection_run_then_cancels_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    cancelled: list[tuple[float, bool]] = []
+
+    async def stuck(conn: Connection) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append((trio.current_time(), conn.draining))
+            raise
+
+    async with trio.open_nursery() as nursery:
+        server = await open_memory_server(nursery, stuck)
+        client = await connect(server)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        server.shutdown(grace=7.0)
+        server.shutdown(grace=100)  # idempotent: a longer grace does not extend it
+        await server.wait_closed()
+    [(at, draining)] = cancelled
+    assert at - start == pytest.approx(7.0, abs=0.01)
+    assert draining
+    assert await client.receive_some() == b""
+    await client.aclose()

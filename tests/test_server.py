@@ -167,6 +167,9 @@ async def test_shutdown_refuses_new_connections_and_drains() -> None:
 
 
 async def test_shutdown_cancels_what_is_left_after_grace() -> None:
+    # The one real-socket smoke test of grace's timing (trio backend): virtual time is
+    # in test_connection.py; every backend's grace is checked by behaviour in
+    # test_backends.py. Real time because the point is the real clock over a real socket.
     cancelled: list[bool] = []
 
     async def stuck(conn: Connection) -> None:
@@ -202,9 +205,9 @@ async def test_cancelling_the_enclosing_scope_stops_everything_at_once(backend: 
             streams = [await connect(server) for _ in range(20)]
             for stream in streams:
                 await stream.receive_some(10)
-            start = trio.current_time()
             nursery.cancel_scope.cancel()
-    assert trio.current_time() - start < 0.5
+    # Prompt: the move_on_after above only guards against a hang (it would leave the
+    # loop before nursery.cancel_scope fires, and the checks below would fail).
     for stream in streams:
         await stream.aclose()
     assert server.state == "closed"
@@ -219,41 +222,77 @@ async def test_write_timeout_closes_a_peer_that_never_reads_and_memory_stays_fla
     async with running_server("chargen", timeouts=timeouts, backend=backend) as server:
         sock = socket.create_connection(("127.0.0.1", tcp_port(server)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        start = trio.current_time()
-        while server.statistics().timeouts["write"] == 0:
-            assert trio.current_time() - start < 3
-            await trio.sleep(0.02)
-        elapsed = trio.current_time() - start
+        await wait_for(lambda: server.statistics().timeouts["write"], timeout=10)
         stats = server.statistics()
         sock.close()
-    assert 0.25 < elapsed < 1.5
     # The server never buffered beyond what the kernel holds for a peer that reads
     # nothing (a few hundred KiB at most): it did not queue chargen's endless output.
     assert stats.bytes_sent < 4 * 1024 * 1024
     assert stats.active == 0
 
 
-async def test_idle_timeout_over_a_real_socket_closes_near_its_setting(backend: str) -> None:
+async def test_idle_timeout_over_a_real_socket_closes_an_idle_peer(backend: str) -> None:
     async with running_server("echo", timeouts=Timeouts(idle=0.3), backend=backend) as server:
         async with await connect(server) as stream:
-            start = trio.current_time()
-            with trio.fail_after(3):
+            await stream.send_all(b"alive")  # served before its deadline
+            assert await stream.receive_some() == b"alive"
+            with trio.fail_after(10):
                 assert await stream.receive_some() == b""
-            elapsed = trio.current_time() - start
         assert server.statistics().timeouts["idle"] == 1
-    assert 0.25 < elapsed < 1.5
 
 
 async def test_lifetime_timeout_over_a_real_socket(backend: str) -> None:
     timeouts = Timeouts(lifetime=0.3)
     async with running_server("chargen", timeouts=timeouts, backend=backend) as server:
         async with await connect(server) as stream:
-            start = trio.current_time()
-            with trio.fail_after(3):
+            assert await stream.receive_some()  # served before its deadline
+            with trio.fail_after(10):
                 while await stream.receive_some():
                     pass
-            elapsed = trio.current_time() - start
         assert server.statistics().timeouts["lifetime"] == 1
+
+
+# -- one real-socket smoke test per timeout kind --------------------------------------
+# The timing of each timeout is tested in virtual time over memory streams
+# (test_connection.py: the mock clock fires false timeouts over real sockets). These three
+# check once, on the default backend, that the real clock agrees over a real socket: a
+# timeout of 0.3 s fires after 0.25..1.5 s, generous for a loaded machine. Grace's is
+# test_shutdown_cancels_what_is_left_after_grace above.
+
+
+async def test_write_timeout_smoke_fires_near_its_setting_over_a_real_socket() -> None:
+    async with running_server("chargen", timeouts=Timeouts(write=0.3)) as server:
+        sock = socket.create_connection(("127.0.0.1", tcp_port(server)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        start = trio.current_time()
+        await wait_for(lambda: server.statistics().timeouts["write"], timeout=3, interval=0.02)
+        elapsed = trio.current_time() - start
+        sock.close()
+    assert 0.25 < elapsed < 1.5
+
+
+async def test_idle_timeout_smoke_fires_near_its_setting_over_a_real_socket() -> None:
+    async with (
+        running_server("echo", timeouts=Timeouts(idle=0.3)) as server,
+        await connect(server) as stream,
+    ):
+        start = trio.current_time()
+        with trio.fail_after(3):
+            assert await stream.receive_some() == b""
+        elapsed = trio.current_time() - start
+    assert 0.25 < elapsed < 1.5
+
+
+async def test_lifetime_timeout_smoke_fires_near_its_setting_over_a_real_socket() -> None:
+    async with (
+        running_server("chargen", timeouts=Timeouts(lifetime=0.3)) as server,
+        await connect(server) as stream,
+    ):
+        start = trio.current_time()
+        with trio.fail_after(3):
+            while await stream.receive_some():
+                pass
+        elapsed = trio.current_time() - start
     assert 0.25 < elapsed < 1.5
 
 
