@@ -37,7 +37,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 from minikv_commands import Session
@@ -126,24 +126,41 @@ class _Wakeup:
         self.event = trio.Event()
 
 
-def run_batch(session: Session, commands: list[list[bytes]], parser: RespParser) -> bytes:
-    """The replies to the commands of one received chunk, as Redis would send them:
-    up to a QUIT, then a protocol error's reply; sets ``session.closing`` to close."""
+def run_batch(
+    session: Session,
+    commands: list[list[bytes]],
+    parser: RespParser,
+    start: int = 0,
+    budget: float = math.inf,
+) -> tuple[bytes, int]:
+    """Run ``commands[start:]`` as Redis would: stop after a QUIT; after the last one,
+    a protocol error's reply. Stops early once the replies pass ``budget`` bytes, so
+    that a pipeline of big replies is sent piece by piece, not held whole.
+
+    Returns the replies and the index of the next command to run (``len(commands)``
+    when done). Sets ``session.closing`` when the connection must close.
+    """
     execute = session.execute
-    if len(commands) == 1 and parser.error is None:
-        return execute(commands[0])
     replies = []
-    for argv in commands:
-        replies.append(execute(argv))
+    size = 0
+    index = start
+    end = len(commands)
+    while index < end:
+        reply = execute(commands[index])
+        index += 1
         if session.closing:
+            index = end  # what follows a QUIT is not run
+        replies.append(reply)
+        size += len(reply)
+        if size > budget:
             break
-    if parser.error is not None and not session.closing:
+    if index == end and parser.error is not None and not session.closing:
         replies.append(parser.error.reply)
         session.closing = True
         logger.debug("protocol error: %s", parser.error)
     if session.silent:
-        return b""
-    return b"".join(replies)
+        return b"", end
+    return b"".join(replies), index
 
 
 async def _serve_requests(
@@ -165,7 +182,7 @@ async def _serve_requests(
         if len(commands) == 1 and parser.error is None:
             reply = execute(commands[0])  # the common turn, kept short
         else:
-            reply = run_batch(session, commands, parser)
+            reply = await _run_pipeline(session, commands, parser, send_all)
         if session.channels:
             break
         if reply:
@@ -182,11 +199,30 @@ async def _serve_requests(
         data = await receive_some()
         if not data:
             break
-        reply = run_batch(session, feed(data), parser)
+        reply, _ = run_batch(session, feed(data), parser)
         if reply:
             outbox.add(reply)
     session.closing = True
     wakeup.set()
+
+
+async def _run_pipeline(
+    session: Session,
+    commands: list[list[bytes]],
+    parser: RespParser,
+    send_all: Callable[[bytes], Awaitable[None]],
+) -> bytes:
+    # Runs a chunk's commands, sending their replies every SEND_SIZE bytes; returns
+    # the last piece. Once the session subscribes, nothing more is sent from here:
+    # the rest goes to the outbox, behind any message published meanwhile.
+    reply, index = run_batch(session, commands, parser, 0, SEND_SIZE)
+    while index < len(commands) and not session.channels:
+        await send_all(reply)
+        reply, index = run_batch(session, commands, parser, index, SEND_SIZE)
+    if index < len(commands):
+        rest, _ = run_batch(session, commands, parser, index)
+        reply += rest
+    return reply
 
 
 async def _write_outbox(conn: triosrv.Connection, session: Session, wakeup: _Wakeup) -> None:
@@ -215,7 +251,7 @@ class KeyValueProtocol(Protocol):
     driver calls next with that same chunk only marks it taken.
     """
 
-    __slots__ = ("_closing", "_offset", "_out", "_parser", "_run", "_session")
+    __slots__ = ("_closing", "_commands", "_next", "_offset", "_out", "_parser", "_run", "_session")
 
     def __init__(self, server: Server) -> None:
         self._session, self._parser = server.new_session()
@@ -223,19 +259,24 @@ class KeyValueProtocol(Protocol):
         self._offset = 0
         self._closing = False
         self._run: bytes | None = None  # the chunk answer() ran but did not answer
+        self._commands: list[list[bytes]] = []  # a long pipeline's commands, from _next
+        self._next = 0
 
     def _replies(self, data: bytes) -> bytes:
         commands = self._parser.feed(data)
         if len(commands) == 1 and self._parser.error is None:
             return self._session.execute(commands[0])
         if commands or self._parser.error is not None:
-            return run_batch(self._session, commands, self._parser)
+            reply, index = run_batch(self._session, commands, self._parser, 0, SEND_SIZE)
+            if index < len(commands):  # the rest runs as data_to_send drains the replies
+                self._commands, self._next = commands, index
+            return reply
         return b""
 
     def answer(self, data: bytes, max_bytes: int) -> bytes | None:
         """The replies to ``data`` when they fit and keep the connection; else None."""
         reply = self._replies(data)
-        if len(reply) <= max_bytes and not self._session.closing:
+        if len(reply) <= max_bytes and not self._session.closing and not self._commands:
             return reply
         self._keep(reply)
         self._run = data
@@ -260,7 +301,15 @@ class KeyValueProtocol(Protocol):
             self._closing = True
 
     def data_to_send(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes`` of the pending replies (no copy of the rest)."""
+        """Up to ``max_bytes`` of the pending replies (no copy of the rest); the next
+        commands of a long pipeline run once those before them are sent."""
+        if not self._out and self._next < len(self._commands):
+            reply, self._next = run_batch(
+                self._session, self._commands, self._parser, self._next, SEND_SIZE
+            )
+            if self._next >= len(self._commands):
+                self._commands, self._next = [], 0
+            self._keep(reply)
         out, offset = self._out, self._offset
         if offset == 0 and len(out) <= max_bytes:
             self._out = b""

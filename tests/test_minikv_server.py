@@ -216,3 +216,35 @@ def test_broker_counts_receivers_and_cut_subscribers() -> None:
     assert broker.cut_subscribers == 1 and cut_once == [1]
     assert broker.publish(b"c", b"b") == 1
     assert triosrv.protocols.RespParser().feed(sessions[1].outbox.take(1 << 20)) != []  # type: ignore[union-attr]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+@pytest.mark.parametrize("backend", ["trio", "epoll"])
+def test_minikv_pipeline_of_big_replies_is_sent_piece_by_piece(backend: str) -> None:
+    # 300 GETs of a 1 MiB value in one chunk ask for 300 MiB of replies: they are
+    # made and sent a piece at a time as the client reads, never held all at once.
+    value = bytes(range(256)) * 4096
+    with minikv_process("--backend", backend) as (port, server):
+        assert exchange(port, encode("SET", "big", value), until=b"+OK\r\n") == b"+OK\r\n"
+        baseline = _peak_rss_mib(server.process.pid)
+        expected = b"$%d\r\n%s\r\n" % (len(value), value)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(encode("GET", "big") * 300 + encode("PING"))
+            time.sleep(0.5)  # the client does not read yet: the server must wait
+            received = 0
+            tail = b""
+            while not tail.endswith(b"+PONG\r\n"):
+                chunk = sock.recv(1 << 20)
+                assert chunk
+                received += len(chunk)
+                tail = (tail + chunk)[-len(expected) - 16 :]
+        assert received == 300 * len(expected) + len(b"+PONG\r\n")
+        growth = _peak_rss_mib(server.process.pid) - baseline
+        assert growth < 64, f"peak RSS grew by {growth:.0f} MiB"
