@@ -1,5 +1,5 @@
 """Tests of the echo load generator's Python engine (`triosrv.bench.run_load`) and of
-scripts/bench_echo.py.
+scripts/bench.py.
 
 They run the generator at a tiny size against small echo servers made here and check what
 it counts and that it ends by itself; the autouse ``no_leaks`` fixture of conftest.py checks
@@ -262,28 +262,32 @@ def test_run_load_runs_several_workers_and_merges_them(
     assert result.first_echo_ms is not None
 
 
-def test_bench_echo_quick_prints_a_ratio() -> None:
+def test_bench_script_prints_a_command_against_the_baseline() -> None:
     command = [
         sys.executable,
-        str(REPO / "scripts" / "bench_echo.py"),
-        *("--quick", "--runs", "1", "--duration", "0.3", "--warmup", "0.1"),
-        *("--candidate-cmd", shlex.join(BASELINE)),
+        str(REPO / "scripts" / "bench.py"),
+        *("--servers", "trio.serve_tcp", "--runs", "1", "--duration", "0.3", "--warmup", "0.1"),
+        *("--connections", "1,50", "--paired", "0", "--vs", "trio.serve_tcp"),
+        *("--command", f"candidate={shlex.join(BASELINE)}"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done.stderr
-    assert "ratio" in done.stdout
-    assert "C=50" in done.stdout
+    assert "vs trio.serve_tcp" in done.stdout
+    assert any(line.split()[:2] == ["50", "candidate"] for line in done.stdout.splitlines())
 
 
-def test_bench_echo_json_has_a_ratio_per_load() -> None:
+def test_bench_script_json_has_a_ratio_per_load() -> None:
     command = [
         sys.executable,
-        str(REPO / "scripts" / "bench_echo.py"),
-        *("--quick", "--runs", "1", "--duration", "0.3", "--warmup", "0.1", "--json"),
-        *("--candidate-cmd", shlex.join(BASELINE)),
+        str(REPO / "scripts" / "bench.py"),
+        *("--servers", "trio.serve_tcp", "--runs", "1", "--duration", "0.3", "--warmup", "0.1"),
+        *("--connections", "1,50", "--paired", "0", "--json", "--vs", "trio.serve_tcp"),
+        *("--command", f"candidate={shlex.join(BASELINE)}"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    assert [(r["connections"], r["size"]) for r in doc["loads"]] == [(1, 64), (50, 64)]
-    assert all(r["ratio"]["rtps"] is not None for r in doc["loads"])
+    rows = [(r["connections"], r["server"]) for r in doc["rows"] if r["server"] == "candidate"]
+    assert rows == [(1, "candidate"), (50, "candidate")]
+    assert all(r["vs"]["trio.serve_tcp"] is not None for r in doc["rows"])
+    assert all(r["server_us_per_rt"] is not None for r in doc["rows"])

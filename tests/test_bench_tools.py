@@ -1,4 +1,4 @@
-"""Tests of the ``triosrv bench`` tools and scripts/bench_peers.py, each at a tiny size.
+"""Tests of the ``triosrv bench`` tools and scripts/bench.py, each at a tiny size.
 
 They check the shape of what each tool prints and that it cleans up (the autouse
 ``no_leaks`` fixture checks fds and threads); no test asserts a speed.
@@ -254,10 +254,10 @@ def test_bench_threads_vs_tasks_cli_compares_threads_and_tasks() -> None:
     assert all(m["runs"][0]["opened"] == 20 for m in doc["models"])
 
 
-def test_bench_peers_measures_every_peer_and_ratios() -> None:
+def test_bench_script_measures_every_peer_and_ratios() -> None:
     command = [
         sys.executable,
-        str(REPO / "scripts" / "bench_peers.py"),
+        str(REPO / "scripts" / "bench.py"),
         *("--runs", "1", "--duration", "0.15", "--warmup", "0.05", "--connections", "2"),
         *("--paired", "0", "--json"),
     ]
@@ -268,8 +268,9 @@ def test_bench_peers_measures_every_peer_and_ratios() -> None:
     assert {"trio.serve_tcp", "asyncio streams", "asyncio Protocol", "triosrv default"} <= names
     assert {"anyio (trio)", "uvloop Protocol", "triosrv epoll", "bare epoll loop"} <= names
     by_name = {row["server"]: row for row in doc["rows"]}
-    assert by_name["trio.serve_tcp"]["vs_trio"] == pytest.approx(1.0)
-    assert by_name["asyncio streams"]["vs_asyncio"] == pytest.approx(1.0)
+    assert by_name["trio.serve_tcp"]["vs"]["trio.serve_tcp"] == pytest.approx(1.0)
+    assert by_name["asyncio streams"]["vs"]["asyncio streams"] == pytest.approx(1.0)
+    assert all(row["first_echo_ms"] > 0 for row in doc["rows"])
     assert all(row["errors"] == 0 for row in doc["rows"])
     for row in doc["rows"]:  # one run each: the median is that run's CPU per round trip
         [run] = row["runs"]
@@ -307,7 +308,7 @@ def test_bare_epoll_peer_echoes_exactly_through_partial_sends() -> None:
     ids=" ".join,
 )
 def test_asyncio_peers_hold_a_burst_of_connects_in_their_backlog(peer: list[str]) -> None:
-    # bench_peers opens up to 1000 connections at once. With the server stopped (so
+    # scripts/bench.py opens up to 1000 connections at once. With the server stopped (so
     # that it accepts none), every connect the listen backlog holds completes at once;
     # with asyncio's default backlog of 100 only 101 of these 300 would (the others'
     # SYNs are dropped until a retry a second later).
@@ -341,11 +342,11 @@ def _run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _run_peers(*args: str) -> subprocess.CompletedProcess[str]:
-    return _run_script("bench_peers.py", *args)
+    return _run_script("bench.py", *args)
 
 
 @pytest.mark.parametrize("paired", ["0", "0.6"])
-def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets(
+def test_bench_script_measures_only_the_servers_asked_and_checks_their_targets(
     paired: str,
 ) -> None:
     done = _run_peers(
@@ -359,7 +360,7 @@ def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets(
     assert target["target"] == "triosrv default >= 1x trio.serve_tcp at C=50"
     assert target["met"] == (target["ratio"] >= 1.0)
     by_name = {row["server"]: row for row in doc["rows"]}
-    per_round = by_name["triosrv default"]["vs_trio"]
+    per_round = by_name["triosrv default"]["vs"]["trio.serve_tcp"]
     assert target["per_round_ratio"] == pytest.approx(per_round)
     if paired == "0":
         assert (doc["paired"], target["method"]) == ([], "per-round")
@@ -381,7 +382,7 @@ def test_bench_peers_measures_only_the_servers_asked_and_checks_their_targets(
     )
 
 
-def test_bench_peers_refuses_an_unknown_server_in_one_line() -> None:
+def test_bench_script_refuses_an_unknown_server_in_one_line() -> None:
     done = _run_peers("--servers", "nginx")
     assert done.returncode == 2
     assert "unknown server(s): nginx" in done.stderr
@@ -415,3 +416,17 @@ def test_bench_paired_names_a_server_that_does_not_start() -> None:
     )
     assert done.returncode == 1
     assert done.stderr.startswith("bench_paired: ")
+
+
+def test_bench_script_refuses_a_vs_server_it_does_not_measure() -> None:
+    done = _run_peers("--servers", "trio.serve_tcp", "--vs", "triosrv epoll")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "bench: --vs names a server not measured: triosrv epoll"
+
+
+@pytest.mark.parametrize("item", ["nameonly", "=python x.py", "name="])
+def test_bench_script_refuses_a_malformed_command_in_one_line(item: str) -> None:
+    done = _run_peers("--command", item)
+    assert done.returncode == 2
+    assert "--command takes NAME=CMD" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,4 +1,4 @@
-"""Peer server for scripts/bench_peers.py: an echo server on anyio, running on trio.
+"""Peer server for scripts/bench.py: an echo server on anyio, running on trio.
 
 Usage: ``python scripts/peers/anyio_trio.py [PORT]``. Prints ``listening on
 tcp://127.0.0.1:PORT`` to stderr when ready and runs until killed. The handler is

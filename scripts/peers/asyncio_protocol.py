@@ -1,4 +1,4 @@
-"""Peer server for scripts/bench_peers.py: an echo ``asyncio.Protocol``, optionally on uvloop.
+"""Peer server for scripts/bench.py: an echo ``asyncio.Protocol``, optionally on uvloop.
 
 Usage: ``python scripts/peers/asyncio_protocol.py [--uvloop] [PORT]``. Prints
 ``listening on tcp://127.0.0.1:PORT`` to stderr when ready and runs until killed. The

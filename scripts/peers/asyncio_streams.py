@@ -1,4 +1,4 @@
-"""Peer server for scripts/bench_peers.py: an echo server on asyncio streams.
+"""Peer server for scripts/bench.py: an echo server on asyncio streams.
 
 Usage: ``python scripts/peers/asyncio_streams.py [PORT]``. Prints ``listening on
 tcp://127.0.0.1:PORT`` to stderr when ready and runs until killed. The handler is the

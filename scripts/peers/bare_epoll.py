@@ -1,4 +1,4 @@
-"""Reference for scripts/bench_peers.py: the bare Python epoll echo loop.
+"""Reference for scripts/bench.py: the bare Python epoll echo loop.
 
 Usage: ``python scripts/peers/bare_epoll.py [PORT]``. Prints ``listening on
 tcp://127.0.0.1:PORT`` to stderr when ready and runs until killed.

@@ -79,3 +79,13 @@ def progress(
         thread.join()
         out.write("\r" + " " * (len(label) + _BAR_WIDTH + 8) + "\r")
         out.flush()
+
+
+def cpu_us_per_round_trip(cpu_share: float | None, rtps: float | None) -> float | None:
+    """A server's CPU microseconds per round trip: its CPU share over a run (CPU seconds
+    / wall seconds) divided by the round trips per second measured in that run. The one
+    formula of the bench tools: the cost, whoever was the bottleneck (when the load
+    generator is, rates hide it). None when either figure is missing or zero."""
+    if not rtps or cpu_share is None:
+        return None
+    return cpu_share * 1e6 / rtps

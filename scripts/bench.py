@@ -1,26 +1,42 @@
-"""Echo speed of triosrv against the servers a user would otherwise pick, in one run.
+"""The echo benchmark: any set of servers side by side, in one run, as ratios.
 
 Usage::
 
-    python scripts/bench_peers.py [--quick] [--runs N] [--duration S] [--warmup S]
-                                  [--connections 1,50,1000] [--size BYTES]
-                                  [--paired S] [--json]
+    python scripts/bench.py [--quick] [--runs N] [--duration S] [--warmup S]
+                            [--connections 1,50,1000] [--size BYTES]
+                            [--servers NAME,...] [--command NAME=CMD ...]
+                            [--vs NAME,...] [--paired S] [--json]
 
-The peers: plain ``trio.serve_tcp`` (``scripts/_trio_echo_baseline.py``), anyio on
-trio, asyncio streams, an ``asyncio.Protocol`` on asyncio's loop and on uvloop
-(``scripts/peers/``), and ``triosrv listen`` with its default backend and with
-``--backend epoll`` (its fastest) when that option exists. A peer whose package is
-missing (anyio, uvloop: ``pip install -e '.[peers]'``) is skipped with a note.
+The one front door of the echo measurements (``triosrv bench`` holds the others: the
+backends' scaling ladders, threads against tasks, CPU work). The servers it knows: plain
+``trio.serve_tcp`` (``scripts/_trio_echo_baseline.py``), anyio on trio, asyncio streams,
+an ``asyncio.Protocol`` on asyncio's loop and on uvloop (``scripts/peers/``), the bare
+Python epoll loop, ``triosrv listen`` with its default backend (``triosrv default``) and
+with each backend (``triosrv epoll``, ``triosrv select``, ...). Without ``--servers`` it
+measures the peers and ``triosrv default`` and ``triosrv epoll``; ``--command
+NAME=CMD`` adds any server that prints ``listening on tcp://127.0.0.1:PORT`` to stderr.
+A peer whose package is missing (anyio, uvloop: ``pip install -e '.[peers]'``) is
+skipped with a note.
+
+The figures the project quotes, reproduced::
+
+    # the default backend against plain trio.serve_tcp (and the 1000-client burst:
+    # the "1st echo" column, time until every client had its first echo)
+    python scripts/bench.py --servers 'trio.serve_tcp,triosrv default' --runs 5
+    # the epoll backend against the default backend and trio.serve_tcp
+    python scripts/bench.py --servers 'trio.serve_tcp,triosrv default,triosrv epoll' \
+        --connections 50 --vs 'trio.serve_tcp,triosrv default' --runs 7
 
 Every server runs in its own process pinned to one CPU, the load generator
 (`triosrv.bench.run_load`, in this process) on another. For each connection count the
 servers are measured in turn, ``--runs`` rounds, the order rotating each round so that
 no server always follows the same one; the table shows the median round trips per
-second and p99, the spread of the runs, and the ratios to plain ``trio.serve_tcp`` and
-to asyncio streams (the medians of the per-round ratios, which cancel the machine's
-drift). Every server is stopped before anything is printed. Loopback only.
+second and p99, the spread of the runs, the server's CPU per round trip, and the ratios
+to each ``--vs`` server (default plain ``trio.serve_tcp`` and asyncio streams: the
+medians of the per-round ratios, which cancel the machine's drift). Every server is
+stopped before anything is printed. Loopback only.
 
-The issue's targets (``TARGETS``) are then checked with `triosrv.bench.run_paired`:
+The targets (``TARGETS``) are then checked with `triosrv.bench.run_paired`:
 ``--paired`` seconds of windows that alternate between the candidate and its reference
 every 0.2 s, both kept running, so that the two are compared under the same noise (the
 rounds above are seconds apart, and on a shared machine a server's rate swings by 10-30%
@@ -45,8 +61,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from triosrv._backends import missing_feature  # noqa: E402
+from triosrv._config import BACKENDS  # noqa: E402
 from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired, swapped  # noqa: E402
-from triosrv.bench._report import fmt, median, progress, ratio, spread  # noqa: E402
+from triosrv.bench._report import (  # noqa: E402
+    cpu_us_per_round_trip,
+    fmt,
+    median,
+    progress,
+    ratio,
+    spread,
+)
 from triosrv.bench._servers import (  # noqa: E402
     BenchError,
     Server,
@@ -63,7 +88,18 @@ PEERS = REPO / "scripts" / "peers"
 PY = sys.executable
 CONNECT_TIMEOUT = 10.0  # plain trio.serve_tcp needs seconds for a 1000-client burst
 PAIRED_WINDOW = 0.2  # seconds; long enough for 1000 connections to get going
-BASELINES = ("trio.serve_tcp", "asyncio streams")
+VS = ("trio.serve_tcp", "asyncio streams")  # the default ratio columns
+# Measured when --servers is not given; the other known servers only when named.
+DEFAULT_SERVERS = (
+    "trio.serve_tcp",
+    "anyio (trio)",
+    "asyncio streams",
+    "asyncio Protocol",
+    "uvloop Protocol",
+    "bare epoll loop",
+    "triosrv default",
+    "triosrv epoll",
+)
 # The issue's targets: (candidate, reference, the connection counts it applies to or
 # None for all); each is checked in paired windows (see the docstring), or with
 # --paired 0 on the median of the per-round ratios.
@@ -91,10 +127,14 @@ def peer_commands() -> tuple[dict[str, list[str]], dict[str, str]]:
         notes["uvloop Protocol"] = "uvloop is not installed (pip install -e '.[peers]')"
     commands["bare epoll loop"] = [PY, str(PEERS / "bare_epoll.py")]
     commands["triosrv default"] = triosrv_listen_cmd()
-    if listen_has_backend():
-        commands["triosrv epoll"] = triosrv_listen_cmd("--backend", "epoll")
-    else:
-        notes["triosrv epoll"] = "this triosrv has no --backend option yet"
+    has_backend = listen_has_backend()
+    for backend in BACKENDS:
+        lacking = missing_feature(backend)
+        if has_backend and lacking is None:
+            commands[f"triosrv {backend}"] = triosrv_listen_cmd("--backend", backend)
+        else:
+            why = f"this platform has no {lacking}" if lacking else "no --backend option"
+            notes[f"triosrv {backend}"] = why
     return commands, notes
 
 
@@ -113,6 +153,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "e.g. 'triosrv epoll,uvloop Protocol'.",
     )
     parser.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="Also measure the server CMD (a shell-quoted command line that prints "
+        "'listening on tcp://127.0.0.1:PORT' to stderr) as NAME; repeatable.",
+    )
+    parser.add_argument(
+        "--vs",
+        help="Comma-separated servers to show ratios against (default: "
+        "'trio.serve_tcp,asyncio streams', those measured); each must be measured.",
+    )
+    parser.add_argument(
         "--paired",
         type=float,
         help="Seconds of alternating windows per target and connection count "
@@ -121,6 +174,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="Print one JSON document.")
     args = parser.parse_args(argv)
     args.servers = [n.strip() for n in args.servers.split(",")] if args.servers else None
+    args.vs = [n.strip() for n in args.vs.split(",")] if args.vs else None
+    commands = {}
+    for item in args.command:
+        name, sep, cmd = item.partition("=")
+        if not sep or not name.strip() or not shlex.split(cmd):
+            parser.error(f"--command takes NAME=CMD, not {item!r}")
+        commands[name.strip()] = shlex.split(cmd)
+    args.command = commands
     if args.runs < 1 or args.size < 1:
         parser.error("--runs and --size must be at least 1")
     if args.duration is None:
@@ -171,7 +232,7 @@ def run_all(
     if args.paired:
         pairs = sum(len(targets_here(names, c)) for c in args.connections)
         total += pairs * (args.warmup + args.paired * 1.1)
-    with progress("bench_peers", total):
+    with progress("bench", total):
         for connections in args.connections:
             runs: dict[str, list[Any]] = {s.name: [] for s in servers}
             for round_number in range(args.runs):
@@ -184,7 +245,7 @@ def run_all(
             try:
                 paired = run_paired_targets(servers, args)
             except LoadEngineError as exc:  # the C engine cannot run: the rounds stand
-                print(f"bench_peers: no paired windows: {exc}", file=sys.stderr)
+                print(f"bench: no paired windows: {exc}", file=sys.stderr)
     return results, paired
 
 
@@ -240,7 +301,7 @@ def pair_ratio(runs: dict[str, list[Any]], name: str, base: str, key: str) -> fl
     return median([ratio(a[key], b[key]) for a, b in zip(runs[name], runs[base], strict=True)])
 
 
-def summarize(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
+def summarize(results: dict[int, dict[str, list[Any]]], vs: Sequence[str]) -> list[dict[str, Any]]:
     """One row per (connection count, server) with medians, spread and ratios."""
     rows = []
     for connections, runs in results.items():
@@ -254,23 +315,17 @@ def summarize(results: dict[int, dict[str, list[Any]]]) -> list[dict[str, Any]]:
                     "rtps_spread": spread(rtps),
                     "p99_us": median([m["p99_us"] for m in measured]),
                     "server_cpu": median([m["server_cpu"] for m in measured]),
-                    "server_us_per_rt": median([cpu_us_per_rt(m) for m in measured]),
+                    "server_us_per_rt": median(
+                        [cpu_us_per_round_trip(m["server_cpu"], m["rtps"]) for m in measured]
+                    ),
+                    "first_echo_ms": median([m["first_echo_ms"] for m in measured]),
                     "errors": sum(m["errors"] for m in measured),
                     "generator_saturated": any(m["generator_saturated"] for m in measured),
-                    "vs_trio": pair_ratio(runs, name, BASELINES[0], "rtps"),
-                    "vs_asyncio": pair_ratio(runs, name, BASELINES[1], "rtps"),
+                    "vs": {base: pair_ratio(runs, name, base, "rtps") for base in vs},
                     "runs": measured,
                 }
             )
     return rows
-
-
-def cpu_us_per_rt(run: dict[str, Any]) -> float | None:
-    """The server's CPU time per round trip in one run (the cost, whoever was the
-    bottleneck: when the generator is, rates hide it)."""
-    if not run["rtps"] or run["server_cpu"] is None:
-        return None
-    return float(run["server_cpu"] * 1e6 / run["rtps"])
 
 
 def check_targets(
@@ -308,9 +363,10 @@ def print_report(doc: dict[str, Any]) -> None:
     for line in machine_lines(doc["machine"]):
         print(line)
     print(f"command: {doc['command']}")
+    vs = s["vs"]
     print(
         f"\n{'C':>5}  {'server':<18}{'rt/s':>10} {'spread':>7}{'p99 us':>9}{'srv cpu':>8}"
-        f"{'us/rt':>7}{'errors':>7}{'vs trio':>9}{'vs asyncio':>11}"
+        f"{'us/rt':>7}{'1st echo':>9}{'errors':>7}" + "".join(f"  vs {base}" for base in vs)
     )
     saturated = False
     for row in doc["rows"]:
@@ -320,13 +376,13 @@ def print_report(doc: dict[str, Any]) -> None:
             f"{row['connections']:>5}  {row['server']:<18}{fmt(row['rtps'], ',.0f'):>10}{star}"
             f"{fmt(row['rtps_spread'], '.0%'):>7}{fmt(row['p99_us'], ',.0f'):>9}"
             f"{fmt(row['server_cpu'], '.0%'):>8}{fmt(row['server_us_per_rt'], '.2f'):>7}"
-            f"{row['errors']:>7}"
-            f"{fmt(row['vs_trio'], '.2f', 'x'):>9}{fmt(row['vs_asyncio'], '.2f', 'x'):>11}"
+            f"{fmt(row['first_echo_ms'], ',.0f', ' ms'):>9}{row['errors']:>7}"
+            + "".join(f"{fmt(row['vs'][base], '.2f', 'x'):>{len(base) + 5}}" for base in vs)
         )
     print(
         "spread: (max - min) / median of the runs; vs: median of the per-round ratios of "
         "rt/s; srv cpu: the server's CPU share over the run; us/rt: the server's CPU "
-        "microseconds per round trip"
+        "microseconds per round trip; 1st echo: until every client had its first echo"
     )
     if saturated:
         print("* the load generator used over 90% of its CPU: that rate is generator-bound")
@@ -352,16 +408,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 on success, 1 when a server failed."""
     args = parse_args(argv)
     commands, notes = peer_commands()
-    if args.servers:
-        unknown = sorted(set(args.servers) - set(commands) - set(notes))
-        if unknown:
-            print(
-                f"bench_peers: unknown server(s): {', '.join(unknown)}; known: "
-                f"{', '.join([*commands, *notes])}",
-                file=sys.stderr,
-            )
-            return 2
-        commands = {name: cmd for name, cmd in commands.items() if name in args.servers}
+    commands.update(args.command)
+    wanted = [*(args.servers or DEFAULT_SERVERS), *args.command]
+    unknown = sorted(set(wanted) - set(commands) - set(notes))
+    if unknown:
+        print(
+            f"bench: unknown server(s): {', '.join(unknown)}; known: "
+            f"{', '.join([*commands, *notes])}",
+            file=sys.stderr,
+        )
+        return 2
+    notes = {name: note for name, note in notes.items() if name in wanted}
+    commands = {name: cmd for name, cmd in commands.items() if name in wanted}
+    if args.vs is None:  # the default columns, those measured
+        args.vs = [base for base in VS if base in commands]
+    missing = [base for base in args.vs if base not in commands]
+    if missing:
+        print(f"bench: --vs names a server not measured: {', '.join(missing)}", file=sys.stderr)
+        return 2
     cpus = plan_cpus()
     machine = machine_facts(cpus, with_engine=True)  # before pinning this process to one CPU
     if cpus:
@@ -375,15 +439,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             results, paired = run_all(servers, args)
         # Leaving the ExitStack stopped every server: only now is anything printed.
     except BenchError as exc:
-        print(f"bench_peers: {exc}", file=sys.stderr)
+        print(f"bench: {exc}", file=sys.stderr)
         return 1
     doc = {
-        "command": shlex.join(["python", "scripts/bench_peers.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["python", "scripts/bench.py", *(argv or sys.argv[1:])]),
         "machine": machine,
         "settings": {**vars(args), "connect_timeout": CONNECT_TIMEOUT},
         "commands": commands,
         "skipped": notes,
-        "rows": summarize(results),
+        "rows": summarize(results, args.vs),
         "paired": paired,
         "targets": check_targets(results, paired),
     }
