@@ -286,3 +286,48 @@ def test_buffered_stream_receive_until_matches_its_model(
         return out
 
     assert trio.run(main) == receive_until_model(data, delimiter, max_bytes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+    chunk_delays=st.lists(st.tuples(st.integers(1, 20), st.integers(0, 5)), max_size=10),
+    timeouts=st.lists(st.integers(1, 6), min_size=1, max_size=20),  # 0 would never wait
+)
+def test_buffered_stream_timeouts_at_any_moment_lose_no_line(
+    lines: list[bytes], chunk_delays: list[tuple[int, int]], timeouts: list[int]
+) -> None:
+    # As the FrameChannel test: each receive_until under a deadline, retried after each
+    # timeout, on virtual time; every line arrives once, in order.
+    wire = b"".join(line + b"\n" for line in lines)
+
+    async def main() -> list[bytes]:
+        peer, ours = trio.testing.memory_stream_pair()
+        stream = BufferedStream(ours, receive_size=7)
+
+        async def send() -> None:
+            rest = wire
+            for size, delay in chunk_delays:
+                await peer.send_all(rest[:size])
+                rest = rest[size:]
+                await trio.sleep(delay)
+            await peer.send_all(rest)
+            await peer.send_eof()
+
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            attempt = 0
+            while True:
+                with trio.move_on_after(timeouts[attempt % len(timeouts)]):
+                    try:
+                        got.append(await stream.receive_until(b"\n", max_bytes=20))
+                    except IncompleteFrameError as exc:
+                        assert exc.received == 0
+                        break
+                attempt += 1
+        await stream.aclose()
+        await peer.aclose()
+        return got
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == lines

@@ -280,3 +280,49 @@ def test_frame_channel_ends_as_the_framer_does_for_any_stream(
         return frames, end
 
     assert trio.run(main) == run(factory(), [stream])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=30), max_size=8),
+    chunk_delays=st.lists(st.tuples(st.integers(1, 20), st.integers(0, 5)), max_size=10),
+    timeouts=st.lists(st.integers(1, 6), min_size=1, max_size=20),  # 0 would never wait
+)
+def test_frame_channel_timeouts_at_any_moment_lose_no_frame(
+    payloads: list[bytes], chunk_delays: list[tuple[int, int]], timeouts: list[int]
+) -> None:
+    # The peer sends the frames in pieces with pauses; the receiver gives each receive()
+    # a deadline, retrying after each timeout. Whatever lands where, every frame arrives
+    # once, in order. Virtual time: the deadlines fire between and inside frames.
+    framer = LengthPrefixFramer("varint", max_length=30)
+    wire = b"".join(framer.frame(p) for p in payloads)
+
+    async def main() -> list[bytes]:
+        peer, ours = trio.testing.memory_stream_pair()
+        channel = FrameChannel(ours, LengthPrefixFramer("varint", max_length=30))
+
+        async def send() -> None:
+            rest = wire
+            for size, delay in chunk_delays:
+                await peer.send_all(rest[:size])
+                rest = rest[size:]
+                await trio.sleep(delay)
+            await peer.send_all(rest)
+            await peer.send_eof()
+
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            attempt = 0
+            while True:
+                with trio.move_on_after(timeouts[attempt % len(timeouts)]):
+                    try:
+                        got.append(await channel.receive())
+                    except trio.EndOfChannel:
+                        break
+                attempt += 1
+        await channel.aclose()
+        await peer.aclose()
+        return got
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == payloads
