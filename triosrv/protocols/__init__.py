@@ -1,7 +1,10 @@
 """Sans-IO byte protocols: bytes in, bytes out, no sockets, no tasks, no clock.
 
 See :mod:`triosrv.protocols._base` for the contract and the driver loop every protocol
-runs under.
+runs under. The framers (:class:`LineFramer`, :class:`LengthPrefixFramer`,
+:class:`NetstringFramer`) split a byte stream into frames under one interface, described
+in :mod:`triosrv.protocols._framing`; :class:`triosrv.FrameChannel` binds one to a
+connection for async handlers.
 """
 
 from __future__ import annotations
