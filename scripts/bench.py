@@ -63,18 +63,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from triosrv._backends import missing_feature  # noqa: E402
 from triosrv._config import BACKENDS  # noqa: E402
-from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired, swapped  # noqa: E402
-from triosrv.bench._report import (  # noqa: E402
-    cpu_us_per_round_trip,
-    fmt,
-    median,
-    progress,
-    ratio,
-    spread,
-)
-from triosrv.bench._servers import (  # noqa: E402
+from triosrv._server_processes import (  # noqa: E402
     BenchError,
-    Server,
+    ServerProcess,
     listen_has_backend,
     machine_facts,
     machine_lines,
@@ -82,6 +73,16 @@ from triosrv.bench._servers import (  # noqa: E402
     process_cpu_seconds,
     running_server,
     triosrv_listen_cmd,
+)
+from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired, swapped  # noqa: E402
+from triosrv.bench._load import resolve_engine  # noqa: E402
+from triosrv.bench._report import (  # noqa: E402
+    cpu_us_per_round_trip,
+    fmt,
+    median,
+    progress,
+    ratio,
+    spread,
 )
 
 PEERS = REPO / "scripts" / "peers"
@@ -202,7 +203,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure(server: Server, connections: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(server: ServerProcess, connections: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run against one server: the generator's result plus the server's CPU share."""
     cpu0, t0 = process_cpu_seconds(server.proc.pid), time.monotonic()
     result: LoadResult = run_load(
@@ -221,7 +222,7 @@ def measure(server: Server, connections: int, args: argparse.Namespace) -> dict[
 
 
 def run_all(
-    servers: list[Server], args: argparse.Namespace
+    servers: list[ServerProcess], args: argparse.Namespace
 ) -> tuple[dict[int, dict[str, list[Any]]], list[dict[str, Any]]]:
     """Measure every connection count on every server, rotating the order each round;
     then the targets with run_paired (unless ``--paired 0``)."""
@@ -258,7 +259,9 @@ def targets_here(names: Sequence[str], connections: int) -> list[tuple[str, str]
     ]
 
 
-def run_paired_targets(servers: list[Server], args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_paired_targets(
+    servers: list[ServerProcess], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """Each applicable target measured with run_paired, half of ``--paired`` with the
     reference as A, half with the candidate as A; the ratio is candidate/reference."""
     by_name = {s.name: s for s in servers}
@@ -427,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: --vs names a server not measured: {', '.join(missing)}", file=sys.stderr)
         return 2
     cpus = plan_cpus()
-    machine = machine_facts(cpus, with_engine=True)  # before pinning this process to one CPU
+    # Before pinning this process to one CPU.
+    machine = machine_facts(cpus, load_engine=resolve_engine())
     if cpus:
         os.sched_setaffinity(0, {cpus[1]})
     try:

@@ -22,15 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from triosrv.bench import LOAD_ENGINES, LoadResult, run_load
-from triosrv.bench._report import fmt, median, ratio
-from triosrv.bench._servers import (
+from triosrv._server_processes import (
     machine_facts,
     machine_lines,
     plan_cpus,
     running_server,
     triosrv_listen_cmd,
 )
+from triosrv.bench import LOAD_ENGINES, LoadResult, run_load
+from triosrv.bench._report import fmt, median, ratio
 
 C_SOURCE = Path(__file__).resolve().parent / "c" / "echo_server.c"
 

@@ -41,9 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from triosrv._server_processes import BenchError, plan_cpus, running_server  # noqa: E402
 from triosrv.bench import LoadEngineError, run_paired  # noqa: E402
 from triosrv.bench._report import fmt  # noqa: E402
-from triosrv.bench._servers import BenchError, plan_cpus, running_server  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from triosrv._server_processes import machine_facts, machine_lines
 from triosrv.bench import (
     LoadEngineError,
     PairedResult,
@@ -30,7 +31,7 @@ from triosrv.bench import (
     run_paired,
     swapped,
 )
-from triosrv.bench._servers import machine_facts, machine_lines
+from triosrv.bench._load import resolve_engine
 
 from .test_bench_load import ThreadedEchoServer
 
@@ -138,11 +139,11 @@ def test_run_load_auto_falls_back_to_python_without_a_compiler(
 
 @needs_cc
 def test_machine_facts_name_the_engine_auto_picks(monkeypatch: pytest.MonkeyPatch) -> None:
-    facts = machine_facts(None, with_engine=True)
+    facts = machine_facts(None, load_engine=resolve_engine())
     assert facts["load_engine"] == "c"
     assert "load generator: triosrv bench load, c engine" in machine_lines(facts)
     _no_compiler(monkeypatch)
-    assert machine_facts(None, with_engine=True)["load_engine"] == "python"
+    assert machine_facts(None, load_engine=resolve_engine())["load_engine"] == "python"
     assert "load_engine" not in machine_facts(None)
 
 

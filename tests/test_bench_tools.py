@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from triosrv._server_processes import listen_has_backend, running_server
 from triosrv.bench import BackendsPlan, _cengine, bench_backends, bench_threads_vs_tasks
 from triosrv.bench._conns import ConnectionPool, ping_pong
 from triosrv.bench._loadcmd import parse_target
 from triosrv.bench._report import progress
-from triosrv.bench._servers import listen_has_backend, running_server
 from triosrv.bench._threads_vs_tasks import thread_switch_us, trio_switch_us
 
 REPO = Path(__file__).resolve().parent.parent

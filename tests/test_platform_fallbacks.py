@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from triosrv import BindError, ConfigError, _platform, _workers, parse_bind
 from triosrv._backends import available_backends, require_backend
 from triosrv._listeners import open_listeners
+from triosrv._server_processes import machine_facts, machine_lines, plan_cpus
 from triosrv._systemd import parse_notification
 from triosrv.bench import _cengine, _load_worker, run_load
 from triosrv.bench._backends import pinned_here
 from triosrv.bench._cengine import LoadEngineError
-from triosrv.bench._servers import machine_facts, machine_lines, plan_cpus
 from triosrv.diagnostics import _fds, system_facts
 from triosrv.lowlevel import Multiplexer, PollMultiplexer, SelectMultiplexer
 from triosrv.testing import wait_for

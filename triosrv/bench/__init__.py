@@ -3,6 +3,7 @@ benchmarks of ``triosrv bench`` (backends, threads vs tasks, CPU-bound work)."""
 
 from __future__ import annotations
 
+from .._server_processes import BenchError
 from ._backends import BACKENDS, BackendsPlan
 from ._backends_report import bench_backends
 from ._cengine import ENGINES as LOAD_ENGINES
@@ -11,7 +12,6 @@ from ._cpu import bench_cpu
 from ._load import LoadResult, run_load
 from ._loadcmd import bench_load
 from ._paired import PairedResult, run_paired, swapped
-from ._servers import BenchError
 from ._threads_vs_tasks import bench_threads_vs_tasks
 
 __all__ = [

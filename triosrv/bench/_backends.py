@@ -34,16 +34,16 @@ from typing import Any
 import attrs
 
 from .._config import BACKENDS
-from ._conns import ConnectionPool, ping_pong
-from ._load import run_load
-from ._servers import (
+from .._server_processes import (
     BenchError,
-    Server,
+    ServerProcess,
     listen_has_backend,
     process_cpu_ns,
     running_server,
     triosrv_listen_cmd,
 )
+from ._conns import ConnectionPool, ping_pong
+from ._load import run_load
 
 __all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend"]
 
@@ -105,7 +105,7 @@ def backend_cmd(name: str, *options: str, has_backend: bool) -> list[str]:
     return base
 
 
-def _idle_cpu(server: Server, seconds: float) -> float | None:
+def _idle_cpu(server: ServerProcess, seconds: float) -> float | None:
     # CPU share of the server while every connection it holds is idle.
     before = process_cpu_ns(server.proc.pid)
     time.sleep(seconds)  # the measurement itself: nothing happens meanwhile, by design
@@ -113,7 +113,9 @@ def _idle_cpu(server: Server, seconds: float) -> float | None:
     return None if before is None or after is None else (after - before) / 1e9 / seconds
 
 
-def _ladder(server: Server, pool: ConnectionPool, plan: BackendsPlan, row: dict[str, Any]) -> None:
+def _ladder(
+    server: ServerProcess, pool: ConnectionPool, plan: BackendsPlan, row: dict[str, Any]
+) -> None:
     # Wait cost per N, the idle CPU at `idle_connections`, then the largest number served.
     steps = sorted({*plan.wait_ns, plan.idle_connections})
     for n in steps:
@@ -130,7 +132,7 @@ def _ladder(server: Server, pool: ConnectionPool, plan: BackendsPlan, row: dict[
     row["max_stop"] = pool.failure or f"reached the cap of {plan.max_cap}"
 
 
-def _echo(server: Server, plan: BackendsPlan, row: dict[str, Any]) -> None:
+def _echo(server: ServerProcess, plan: BackendsPlan, row: dict[str, Any]) -> None:
     for connections in plan.echo_connections:
         result = run_load(
             "127.0.0.1",

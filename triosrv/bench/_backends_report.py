@@ -10,9 +10,16 @@ from typing import Any, TextIO
 
 import attrs
 
+from .._server_processes import (
+    listen_has_backend,
+    machine_facts,
+    machine_lines,
+    placement,
+    plan_cpus,
+)
 from ._backends import READINESS, BackendsPlan, measure_backend, pinned_here
+from ._load import resolve_engine
 from ._report import fmt
-from ._servers import listen_has_backend, machine_facts, machine_lines, placement, plan_cpus
 
 __all__ = ["bench_backends", "render_backends"]
 
@@ -57,7 +64,7 @@ def bench_backends(
 
         check_plotting()  # fail before minutes of measuring, not after
     cpus = plan_cpus()
-    machine = machine_facts(cpus, with_engine=True)
+    machine = machine_facts(cpus, load_engine=resolve_engine())
     doc: dict[str, Any] = {"machine": machine, "plan": attrs.asdict(plan)}
     has_backend = listen_has_backend()
     steps = _Steps(

@@ -22,8 +22,14 @@ from typing import Any, TextIO
 import attrs
 import trio
 
+from .._server_processes import (
+    BenchError,
+    machine_facts,
+    machine_lines,
+    running_server,
+    triosrv_listen_cmd,
+)
 from ._report import fmt, progress
-from ._servers import BenchError, machine_facts, machine_lines, running_server, triosrv_listen_cmd
 
 __all__ = ["MODES", "CpuModeResult", "bench_cpu"]
 

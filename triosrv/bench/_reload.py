@@ -35,7 +35,7 @@ from typing import TextIO
 import attrs
 import trio
 
-from ._servers import BenchError
+from .._server_processes import BenchError
 
 STREAM_PERIOD = 0.05
 SENTINEL_SHARE = 0.9

@@ -19,10 +19,7 @@ from typing import Any, TextIO
 
 import trio
 
-from ._backends import backend_cmd, pinned_here
-from ._conns import ConnectionPool
-from ._report import fmt, progress
-from ._servers import (
+from .._server_processes import (
     listen_has_backend,
     machine_facts,
     machine_lines,
@@ -31,6 +28,9 @@ from ._servers import (
     process_rss_bytes,
     running_server,
 )
+from ._backends import backend_cmd, pinned_here
+from ._conns import ConnectionPool
+from ._report import fmt, progress
 
 __all__ = ["bench_threads_vs_tasks", "thread_switch_us", "trio_switch_us"]
 

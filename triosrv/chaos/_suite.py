@@ -30,7 +30,13 @@ import attrs
 import trio
 
 from .._platform import can_pin, cpu_affinity
-from ..bench._servers import BenchError, Server, machine_facts, machine_lines, running_server
+from .._server_processes import (
+    BenchError,
+    ServerProcess,
+    machine_facts,
+    machine_lines,
+    running_server,
+)
 from ._config import Target, parse_target
 from ._report import ScenarioResult
 from ._run import run_scenario
@@ -220,7 +226,7 @@ async def _run_scenarios(
 
 
 def _emit_result(
-    name: str, server: Server, emit: Callable[[Cell], None], result: ScenarioResult
+    name: str, server: ServerProcess, emit: Callable[[Cell], None], result: ScenarioResult
 ) -> None:
     failures = list(result.failures)
     status = server.proc.poll()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from ..bench._servers import BenchError, Server, running_server
+from .._server_processes import BenchError, ServerProcess, running_server
 from ._client import describe
 from ._suite_plan import Cell, ServerSpec
 from ._suite_signals import first_line
@@ -138,7 +138,7 @@ async def echo_once(port: int) -> bool:
 
 
 async def _flood_and_recover(
-    server: Server, flood: int
+    server: ServerProcess, flood: int
 ) -> tuple[Counter[str], int | None, float | None]:
     # Flood; count each client's fate; close them all; time until served again.
     socks: list[trio.socket.SocketType] = []
@@ -162,7 +162,7 @@ async def _flood_and_recover(
     return outcomes, died, None
 
 
-def _sigterm_status(server: Server) -> int | None:
+def _sigterm_status(server: ServerProcess) -> int | None:
     # SIGTERM by pid, then the exit status (None: still running after EXIT_TIMEOUT).
     if server.proc.poll() is not None:
         return None  # died earlier: reported as such, not as a clean stop

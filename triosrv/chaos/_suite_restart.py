@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..bench._servers import BenchError, Server, running_server
+from .._server_processes import BenchError, ServerProcess, running_server
 from ._suite_plan import Cell, ServerSpec, SuitePlan
 from ._suite_signals import first_line
 
@@ -95,7 +95,7 @@ def _echo_on_new_connection(port: int, within: float) -> float | None:
 
 
 def _kill_and_restart(
-    spec: ServerSpec, first: Server, socks: list[socket.socket], cpu: int | None
+    spec: ServerSpec, first: ServerProcess, socks: list[socket.socket], cpu: int | None
 ) -> dict[str, Any]:
     killed = time.monotonic()
     first.proc.kill()  # SIGKILL, by pid

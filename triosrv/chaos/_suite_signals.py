@@ -23,7 +23,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from ..bench._servers import BenchError, Server, running_server
+from .._server_processes import BenchError, ServerProcess, running_server
 from ._client import describe
 from ._suite_plan import Cell, ServerSpec, SuitePlan
 
@@ -202,7 +202,7 @@ class SigtermFigures:
         return f"exit {self.exit_status} {after}, {lost}/{self.sent} lost"
 
 
-async def _wait_exit(server: Server, bound: float) -> float | None:
+async def _wait_exit(server: ServerProcess, bound: float) -> float | None:
     # Seconds until the process exits, polled; None past ``bound``.
     start = trio.current_time()
     for _ in range(int(bound / EXIT_POLL) + 1):
@@ -214,7 +214,7 @@ async def _wait_exit(server: Server, bound: float) -> float | None:
     return None
 
 
-async def _sigterm_load(server: Server, plan: SuitePlan) -> SigtermFigures:
+async def _sigterm_load(server: ServerProcess, plan: SuitePlan) -> SigtermFigures:
     flows = [Flow(index=i, size=plan.sigterm_size) for i in range(plan.sigterm_clients)]
     running = len(flows)
     all_ended = trio.Event()
@@ -245,7 +245,7 @@ def _sigterm_figures(
     signalled: float,
     echoed_before: int,
     exit_after: float | None,
-    server: Server,
+    server: ServerProcess,
 ) -> SigtermFigures:
     due_until = signalled + plan.sigterm_grace - plan.sigterm_due
     ended = [flow.ended_at - signalled for flow in flows if flow.ended_at is not None]

@@ -1,6 +1,8 @@
-"""Server subprocesses for benchmarks: start pinned, wait for the ready line, always stop.
+"""Server subprocesses for the tools: start pinned, wait for the ready line, always stop.
 
-Every benchmark here measures a server in a process of its own, pinned to one CPU (with
+Used by the benchmarks (``triosrv bench``, ``scripts/bench.py``) and the chaos suite
+(``triosrv chaos suite``), which both run servers as processes of their own; it imports
+neither. Every benchmark measures a server in a process of its own, pinned to one CPU (with
 ``taskset -c`` when it is installed, else ``sched_setaffinity`` in the child) while the
 load runs on another, so that the load generator never steals the server's CPU. A
 server is ready when it prints ``listening on tcp://127.0.0.1:PORT`` to stderr, the
@@ -31,12 +33,11 @@ from typing import IO, Any
 
 import attrs
 
-from .._platform import can_pin, cpu_affinity, usable_cpu_count
-from ._load import resolve_engine
+from ._platform import can_pin, cpu_affinity, usable_cpu_count
 
 __all__ = [
     "BenchError",
-    "Server",
+    "ServerProcess",
     "listen_has_backend",
     "machine_facts",
     "machine_lines",
@@ -56,7 +57,7 @@ START_TIMEOUT = 20.0  # seconds a server may take to print its ready line
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 # The directory that holds the triosrv package: a child started from a checkout that was
 # never installed still imports this same triosrv.
-_SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchError(Exception):
@@ -64,7 +65,7 @@ class BenchError(Exception):
 
 
 @attrs.frozen(kw_only=True)
-class Server:
+class ServerProcess:
     """A running server subprocess, its stderr log and the port it announced."""
 
     name: str
@@ -171,7 +172,7 @@ def running_server(
     *,
     env: dict[str, str] | None = None,
     preexec: Callable[[], None] | None = None,
-) -> Iterator[Server]:
+) -> Iterator[ServerProcess]:
     """Start a server subprocess on ``cpu``, yield it once ready, always stop it on exit.
 
     ``preexec`` runs in the child between fork and exec (e.g. to lower an rlimit).
@@ -191,7 +192,7 @@ def running_server(
             env={**os.environ, **(env or {}), "PYTHONPATH": path},
             preexec_fn=functools.partial(_run_hooks, hooks) if hooks else None,
         )
-        server = Server(name=name, cmd=cmd, proc=proc, log=log, port=0)
+        server = ServerProcess(name=name, cmd=cmd, proc=proc, log=log, port=0)
         try:
             try:
                 port = _wait_ready(proc, log, name)
@@ -261,11 +262,13 @@ def _version(name: str) -> str | None:
         return None
 
 
-def machine_facts(cpus: tuple[int, int] | None, *, with_engine: bool = False) -> dict[str, Any]:
+def machine_facts(
+    cpus: tuple[int, int] | None, *, load_engine: str | None = None
+) -> dict[str, Any]:
     """The facts a reader needs to weigh the figures (call before pinning this process).
 
-    With ``with_engine=True`` (a report of `run_load` figures) they include which engine of the
-    load generator measured (building the C engine if needed, as the run would).
+    ``load_engine``: for a report of `run_load` figures, which engine of the load
+    generator measured (``triosrv.bench._load.resolve_engine()``).
     """
     try:
         load = os.getloadavg()[0]
@@ -283,8 +286,8 @@ def machine_facts(cpus: tuple[int, int] | None, *, with_engine: bool = False) ->
         "load_on_cpu": cpus[1] if cpus else None,
         "pinned_with": _pinning_tool(),
     }
-    if with_engine:
-        facts["load_engine"] = resolve_engine()
+    if load_engine is not None:
+        facts["load_engine"] = load_engine
     return facts
 
 
