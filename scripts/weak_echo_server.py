@@ -23,7 +23,7 @@ def serve(port: int) -> None:
         port = listener.getsockname()[1]
         print(f"listening on 127.0.0.1:{port}", flush=True)
         # The ready line of triosrv listen, on stderr, for tools that start servers
-        # the way the benchmarks do (triosrv._server_processes, scripts/chaos_suite.py).
+        # the way the benchmarks do (triosrv._server_processes, triosrv chaos-suite).
         print(f"listening on tcp://127.0.0.1:{port}", file=sys.stderr, flush=True)
         while True:
             conn, _addr = listener.accept()

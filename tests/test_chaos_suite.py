@@ -1,4 +1,4 @@
-"""The chaos suite (scripts/chaos_suite.py) at a tiny size, and its checkers on their own.
+"""The chaos suite (triosrv chaos-suite) at a tiny size, and its checkers on their own.
 
 Whole runs start real server subprocesses, so they are synchronous tests (the suite
 runs trio itself). The p99 check is off at the tiny size: no test asserts a speed.
@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 
 import attrs
+import click
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from triosrv._cli import _comma_list
+from triosrv._config import BACKENDS
 from triosrv.chaos._suite import run_suite
 from triosrv.chaos._suite_emfile import EmfileFigures
 from triosrv.chaos._suite_plan import (
@@ -95,16 +101,65 @@ def test_suite_reports_a_server_that_does_not_start() -> None:
     assert "exited with status 3" in report.cells[0].failures[0]
 
 
-def test_chaos_suite_script_refuses_an_unknown_backend() -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "chaos_suite.py"), "--backends", "trio,nope"],
+def _suite_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "triosrv", "chaos-suite", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backends", "trio,nope"], "unknown backend(s) nope; choose from trio,"),
+        (["--backends", ","], "unknown backend(s) ','"),
+        (["--scenarios", "flood,server-log"], "unknown scenario(s) server-log"),
+        (["--json", "--markdown"], "--json and --markdown exclude each other"),
+    ],
+)
+def test_chaos_suite_cli_refuses_bad_options_in_one_line(args: list[str], message: str) -> None:
+    result = _suite_cli(*args)
     assert result.returncode == 2
-    assert "unknown backend(s) nope" in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_chaos_suite_cli_runs_the_cells_asked_and_saves_the_report(tmp_path: Path) -> None:
+    saved = tmp_path / "suite.json"
+    result = _suite_cli(
+        *("--backends", "trio", "--scenarios", "sigkill-restart", "--quick", "--no-pin"),
+        *("--json", "--save", str(saved)),
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["passed"] is True
+    assert [(c["server"], c["scenario"]) for c in doc["cells"]] == [("trio", "sigkill-restart")]
+    assert json.loads(saved.read_text()) == doc
+    assert "trio         sigkill-restart  ok" in result.stderr  # progress, one line a cell
+
+
+def test_suite_plan_choose_cuts_the_plan_to_the_scenarios() -> None:
+    plan = SuitePlan.choose(quick=True, scenarios=["flood", "emfile"], pin=False)
+    assert plan.chaos is not None and plan.chaos.scenarios == ("flood",)
+    assert (plan.process_scenarios, plan.pin) == (("emfile",), False)
+    only_process = SuitePlan.choose(quick=False, scenarios=["sigterm"], pin=True)
+    assert only_process.chaos is None and only_process.process_scenarios == ("sigterm",)
+    with pytest.raises(ValueError, match="unknown scenario"):
+        SuitePlan.choose(quick=True, scenarios=["server-log"], pin=True)
+
+
+@given(st.text(alphabet=",-abcdeiloprstxy \x00é", max_size=40))
+def test_chaos_suite_cli_name_lists_are_a_subset_or_a_usage_error(value: str) -> None:
+    parse = _comma_list(BACKENDS, "backend")
+    try:
+        names = parse(None, None, value)  # type: ignore[arg-type]
+    except click.BadParameter as exc:
+        assert "choose from" in exc.message and "\n" not in exc.message
+    else:
+        assert names and set(names) <= set(BACKENDS)
 
 
 # -- the checkers ---------------------------------------------------------------------

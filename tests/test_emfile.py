@@ -1,7 +1,7 @@
 """EMFILE for real: `triosrv listen` with 64 fds against a flood of 500 connections.
 
 The flood and its bookkeeping live in ``triosrv.chaos._suite_emfile``, which the chaos
-suite (scripts/chaos_suite.py) also runs against every backend; this test holds the
+suite (triosrv chaos-suite) also runs against every backend; this test holds the
 default backend to the issue's figures.
 """
 

@@ -48,6 +48,8 @@ from .chaos import (
     run_chaos,
 )
 from .chaos import parse_target as parse_chaos_target
+from .chaos._suite import run_suite
+from .chaos._suite_plan import SUITE_SCENARIOS, Cell, SuitePlan, triosrv_spec
 from .diagnostics import (
     DiagnosticsError,
     control_request,
@@ -642,6 +644,84 @@ def chaos(**opts: Any) -> None:
         )
     )
     click.echo(report.to_json() if opts["as_json"] else format_summary(report.results))
+    sys.exit(0 if report.passed else 1)
+
+
+def _comma_list(allowed: tuple[str, ...], what: str) -> Any:
+    """A click callback: a comma-separated subset of ``allowed`` (all when not given)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+        if value is None:
+            return list(allowed)
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise click.BadParameter(
+                f"unknown {what}(s) {', '.join(unknown) or repr(value)}; "
+                f"choose from {', '.join(allowed)}"
+            )
+        return names
+
+    return parse
+
+
+def _suite_progress(cell: Cell) -> None:
+    # One line per cell on stderr, so a long run shows where it is; stdout gets the table.
+    verdict = "ok" if cell.passed else "FAIL"
+    click.echo(f"{cell.server:<12} {cell.scenario:<16} {verdict} {cell.figure}", err=True)
+
+
+@main.command("chaos-suite")
+@click.option(
+    "--backends",
+    callback=_comma_list(SERVER_BACKENDS, "backend"),
+    metavar="NAME,...",
+    help=f"Comma-separated subset of {','.join(SERVER_BACKENDS)} (default: all).",
+)
+@click.option(
+    "--scenarios",
+    callback=_comma_list(SUITE_SCENARIOS, "scenario"),
+    metavar="NAME,...",
+    help=f"Comma-separated subset of {','.join(SUITE_SCENARIOS)} (default: all).",
+)
+@click.option("--quick", is_flag=True, help="The short CI run (a few minutes).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+@click.option("--no-pin", is_flag=True, help="Do not pin the servers to one CPU.")
+@click.option(
+    "--save",
+    type=click.File("w", lazy=True),
+    metavar="PATH",
+    help="Also write the JSON document to PATH.",
+)
+def chaos_suite(
+    backends: list[str],
+    scenarios: list[str],
+    quick: bool,
+    as_json: bool,
+    markdown: bool,
+    no_pin: bool,
+    save: Any,
+) -> None:
+    """Every backend against every chaos scenario, plus SIGTERM, SIGKILL and EMFILE.
+
+    Each backend runs as its own `triosrv listen` process; prints one table, scenario x
+    backend, each cell ok/FAIL with its key figure. Exits 0 when every cell passed, 1
+    otherwise.
+    """
+    if as_json and markdown:
+        raise click.UsageError("--json and --markdown exclude each other")
+    plan = SuitePlan.choose(quick=quick, scenarios=scenarios, pin=not no_pin)
+    raise_fd_limit()  # the flood and the EMFILE clients need thousands of sockets
+    specs = [triosrv_spec(name) for name in backends]
+    report = run_suite(specs, plan, on_cell=_suite_progress)
+    if save is not None:
+        save.write(report.to_json() + "\n")
+        save.close()
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        click.echo(report.format_markdown() if markdown else report.format_text())
     sys.exit(0 if report.passed else 1)
 
 

@@ -12,7 +12,7 @@ backend), :func:`run_suite`:
 
 A server that does not start, dies, or misbehaves gives failed cells, never an
 exception: the suite reports on broken targets too. Every server started is stopped
-(SIGTERM, then SIGKILL by pid) before the next one starts. ``scripts/chaos_suite.py``
+(SIGTERM, then SIGKILL by pid) before the next one starts. ``triosrv chaos-suite``
 is the command line.
 """
 

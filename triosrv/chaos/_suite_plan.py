@@ -1,6 +1,6 @@
 """What the chaos suite runs: the servers (one per row), the sizes, and one cell's verdict.
 
-The suite (``scripts/chaos_suite.py``, :func:`triosrv.chaos._suite.run_suite`) starts
+The suite (``triosrv chaos-suite``, :func:`triosrv.chaos._suite.run_suite`) starts
 each server as a subprocess, attacks it with every ``triosrv chaos`` scenario and adds
 the process-level ones (SIGTERM under load, SIGKILL then restart, EMFILE). This module
 holds the pieces that need no I/O: which command starts a row's server, how big each
@@ -11,7 +11,7 @@ row x scenario verdict.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -23,6 +23,8 @@ PROCESS_SCENARIOS = ("sigterm", "sigkill-restart", "emfile")
 # Not a scenario of its own: whether the server logged a traceback during the chaos run.
 LOG_CHECK = "server-log"
 ALL_SCENARIOS = (*SCENARIO_NAMES, *PROCESS_SCENARIOS, LOG_CHECK)
+# What a run may pick (the log check comes with the chaos scenarios).
+SUITE_SCENARIOS = (*SCENARIO_NAMES, *PROCESS_SCENARIOS)
 
 
 @attrs.frozen(kw_only=True)
@@ -100,6 +102,23 @@ class SuitePlan:
             raise ValueError("sigterm_due must be shorter than sigterm_grace")
         if self.sigterm_size < 16:
             raise ValueError("sigterm_size: at least 16 bytes (a message carries its ids)")
+
+    @classmethod
+    def choose(cls, *, quick: bool, scenarios: Sequence[str], pin: bool) -> SuitePlan:
+        """The quick or full plan, cut down to ``scenarios`` (names of
+        :data:`SUITE_SCENARIOS`; raises ValueError for another), pinned or not."""
+        unknown = [name for name in scenarios if name not in SUITE_SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {', '.join(unknown)}")
+        plan = cls.quick() if quick else cls.full()
+        chaos = tuple(name for name in scenarios if name in SCENARIO_NAMES)
+        assert plan.chaos is not None
+        return attrs.evolve(
+            plan,
+            chaos=attrs.evolve(plan.chaos, scenarios=chaos) if chaos else None,
+            process_scenarios=tuple(name for name in scenarios if name in PROCESS_SCENARIOS),
+            pin=pin,
+        )
 
     @classmethod
     def full(cls) -> SuitePlan:
