@@ -9,7 +9,7 @@ Usage::
 
 The one front door of the echo measurements (``triosrv bench`` holds the others: the
 backends' scaling ladders, threads against tasks, CPU work). The servers it knows: plain
-``trio.serve_tcp`` (``scripts/_trio_echo_baseline.py``), anyio on trio, asyncio streams,
+``trio.serve_tcp`` (``triosrv/bench/_baseline.py``), anyio on trio, asyncio streams,
 an ``asyncio.Protocol`` on asyncio's loop and on uvloop (``scripts/peers/``), the bare
 Python epoll loop, ``triosrv listen`` with its default backend (``triosrv default``) and
 with each backend (``triosrv epoll``, ``triosrv select``, ...). Without ``--servers`` it
@@ -75,6 +75,7 @@ from triosrv._server_processes import (  # noqa: E402
     triosrv_listen_cmd,
 )
 from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired, swapped  # noqa: E402
+from triosrv.bench._baseline import BASELINE, baseline_cmd  # noqa: E402
 from triosrv.bench._load import resolve_engine  # noqa: E402
 from triosrv.bench._report import (  # noqa: E402
     cpu_us_per_round_trip,
@@ -113,7 +114,7 @@ TARGETS = (
 def peer_commands() -> tuple[dict[str, list[str]], dict[str, str]]:
     """The servers to measure, and a note for each one skipped."""
     commands: dict[str, list[str]] = {
-        "trio.serve_tcp": [PY, str(REPO / "scripts" / "_trio_echo_baseline.py")],
+        BASELINE: baseline_cmd(),
     }
     notes: dict[str, str] = {}
     if importlib.util.find_spec("anyio"):

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from triosrv.bench import LoadResult, _cengine, _load_worker, run_load
+from triosrv.bench._baseline import baseline_cmd
 
 REPO = Path(__file__).resolve().parent.parent
-BASELINE = [sys.executable, str(REPO / "scripts" / "_trio_echo_baseline.py")]
+BASELINE = baseline_cmd()
 
 
 class ThreadedEchoServer:

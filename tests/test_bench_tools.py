@@ -25,13 +25,14 @@ import pytest
 
 from triosrv._server_processes import listen_has_backend, running_server
 from triosrv.bench import BackendsPlan, _cengine, bench_backends, bench_threads_vs_tasks
+from triosrv.bench._baseline import baseline_cmd
 from triosrv.bench._conns import ConnectionPool, ping_pong
 from triosrv.bench._loadcmd import parse_target
 from triosrv.bench._report import progress
 from triosrv.bench._threads_vs_tasks import thread_switch_us, trio_switch_us
 
 REPO = Path(__file__).resolve().parent.parent
-BASELINE = [sys.executable, str(REPO / "scripts" / "_trio_echo_baseline.py")]
+BASELINE = baseline_cmd()
 TRIOSRV = [sys.executable, "-m", "triosrv"]
 TINY_PLAN = BackendsPlan(
     wait_ns=(2, 4),
@@ -164,9 +165,19 @@ def test_bench_backends_reports_every_row_for_trio() -> None:
     assert row["idle_cpu"] is not None
     assert row["cancel"]["connections"] == 4
     assert row["cancel"]["ms"] is not None
+    base = doc["baseline"]
+    assert base["server"] == "trio.serve_tcp" and set(base["echo"]) == {"1", "2"}
+    assert all(e["rtps"] > 0 and e["errors"] == 0 for e in base["echo"].values())
     text = out.getvalue()
     for label in ("connections served", "wait us, N=4 idle", "echo p99 us, C=2", "cancel ms"):
         assert label in text
+    ratio_lines = [
+        line for line in text.splitlines() if line.startswith("echo vs trio.serve_tcp, C")
+    ]
+    assert [line.split()[3] for line in ratio_lines] == ["C=1", "C=2"]
+    ratio_line = ratio_lines[0]
+    expected = row["echo"]["1"]["rtps"] / base["echo"]["1"]["rtps"]
+    assert ratio_line.split()[-1] == f"{expected:.2f}x"
 
 
 def test_plot_backends_writes_a_png(tmp_path: Path) -> None:

@@ -42,10 +42,11 @@ from .._server_processes import (
     running_server,
     triosrv_listen_cmd,
 )
+from ._baseline import BASELINE, baseline_cmd
 from ._conns import ConnectionPool, ping_pong
 from ._load import run_load
 
-__all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend"]
+__all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend", "measure_baseline"]
 
 # How each backend finds a ready connection: (short, for the table; long, for the legend).
 READINESS = {
@@ -205,6 +206,18 @@ def measure_backend(
         _echo(server, plan, row)
     step(f"{name}: cancel with {plan.cancel_connections} connections open")
     row["cancel"] = _cancel(cmd, cpu, plan, row["max_served"])
+    return row
+
+
+def measure_baseline(plan: BackendsPlan, cpu: int | None) -> dict[str, Any]:
+    """The echo loads of `measure_backend` against plain ``trio.serve_tcp`` (the
+    baseline server of :mod:`._baseline`), for the backends' ratios to it.
+
+    Returns ``{"server": "trio.serve_tcp", "echo": {C: figures}}``; raises BenchError
+    when the server fails."""
+    row: dict[str, Any] = {"server": BASELINE, "echo": {}}
+    with running_server(BASELINE, baseline_cmd(), cpu) as server:
+        _echo(server, plan, row)
     return row
 
 

@@ -17,9 +17,10 @@ from .._server_processes import (
     placement,
     plan_cpus,
 )
-from ._backends import READINESS, BackendsPlan, measure_backend, pinned_here
+from ._backends import READINESS, BackendsPlan, measure_backend, measure_baseline, pinned_here
+from ._baseline import BASELINE
 from ._load import resolve_engine
-from ._report import fmt
+from ._report import fmt, ratio
 
 __all__ = ["bench_backends", "render_backends"]
 
@@ -67,11 +68,15 @@ def bench_backends(
     machine = machine_facts(cpus, load_engine=resolve_engine())
     doc: dict[str, Any] = {"machine": machine, "plan": attrs.asdict(plan)}
     has_backend = listen_has_backend()
+    echo_seconds = len(plan.echo_connections) * (plan.echo_warmup + plan.echo_duration)
     steps = _Steps(
-        len(names) * plan.seconds_per_backend(), sys.stdout.isatty() and sys.stderr.isatty()
+        len(names) * plan.seconds_per_backend() + echo_seconds,
+        sys.stdout.isatty() and sys.stderr.isatty(),
     )
     restore = pinned_here(cpus[1] if cpus else None)
     try:
+        steps(f"{BASELINE}: echo, the baseline of the ratios")
+        doc["baseline"] = measure_baseline(plan, cpus[0] if cpus else None)
         rows = [
             measure_backend(
                 name, plan, cpus[0] if cpus else None, has_backend=has_backend, step=steps
@@ -111,6 +116,10 @@ def _table_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
         echo = [r["echo"].get(str(c)) for r in rows_by_backend]
         table.append((f"echo rt/s, C={c}", [_echo_cell(e, "rtps", ",.0f") for e in echo]))
         table.append((f"echo p99 us, C={c}", [_echo_cell(e, "p99_us", ",.0f") for e in echo]))
+        base = doc["baseline"]["echo"].get(str(c)) if "baseline" in doc else None
+        if base is not None:
+            ratios = [ratio(e["rtps"], base["rtps"]) if e else None for e in echo]
+            table.append((f"echo vs {BASELINE}, C={c}", [fmt(r, ".2f", "x") for r in ratios]))
     table.append(
         (
             f"idle CPU, {plan['idle_connections']} conns",
@@ -165,6 +174,8 @@ def render_backends(doc: dict[str, Any]) -> list[str]:
         "connections are open ('limit': the backend could not serve N)",
         "echo: 64 B messages, '!' some errors (see --json), '*' the load generator was "
         "the bottleneck",
+        f"echo vs {BASELINE}: rt/s over that of a plain {BASELINE} echo server measured "
+        "first in the same run, the same way",
         "cancel ms: SIGTERM with a 1 ms grace until every client saw its connection closed",
         "",
         "how readiness is found:",
