@@ -222,8 +222,11 @@ async def test_write_timeout_closes_a_peer_that_never_reads_and_memory_stays_fla
     async with running_server("chargen", timeouts=timeouts, backend=backend) as server:
         sock = socket.create_connection(("127.0.0.1", tcp_port(server)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        await wait_for(lambda: server.statistics().timeouts["write"], timeout=10)
-        stats = server.statistics()
+        # The timeout is counted, then the connection closed: wait for both.
+        stats = await wait_for(
+            lambda: (s := server.statistics()).timeouts["write"] and not s.active and s,
+            timeout=10,
+        )
         sock.close()
     # The server never buffered beyond what the kernel holds for a peer that reads
     # nothing (a few hundred KiB at most): it did not queue chargen's endless output.
