@@ -53,6 +53,11 @@ TAMPERS = {
         "from .diagnostics import serve_control\n",
         "triosrv._accept is not allowed to import triosrv.diagnostics",
     ),
+    "one tool imports another": (
+        "testing/_leaks.py",
+        "from ..chaos import _client\n",
+        "triosrv.testing is not allowed to import triosrv.chaos",
+    ),
     "lowlevel imports the server": (
         "lowlevel/_fd.py",
         "from .. import _server\n",

@@ -1,4 +1,4 @@
-"""The chaos client's sockets: connect, abort with a reset, tell how a connection ended.
+"""The chaos client's sockets: connect, tell how a connection ended (the reset: lowlevel).
 
 chaos/ attacks any TCP server, so it speaks plain trio sockets and never imports the
 server's modules. It needs socket options the server never sets on its own side
@@ -12,7 +12,6 @@ import array
 import errno
 import fcntl
 import socket
-import struct
 import termios
 
 import trio
@@ -21,7 +20,6 @@ from ._config import Target
 
 CONNECT_TIMEOUT = 2.0
 # SO_LINGER on with a zero timeout: close() sends RST and drops unsent data.
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
 async def open_socket(
@@ -49,13 +47,6 @@ async def open_socket(
 async def open_stream(target: Target, *, timeout: float = CONNECT_TIMEOUT) -> trio.SocketStream:
     """:func:`open_socket` wrapped in a ``trio.SocketStream`` (the caller closes it)."""
     return trio.SocketStream(await open_socket(target, timeout=timeout))
-
-
-def abort(sock: trio.socket.SocketType) -> None:
-    """Close ``sock`` with a TCP reset instead of a FIN (SO_LINGER 0)."""
-    if sock.fileno() != -1:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-        sock.close()
 
 
 def pending_error(sock: trio.socket.SocketType) -> int:

@@ -13,8 +13,9 @@ from collections import Counter
 
 import trio
 
+from ..lowlevel._fd import close_with_reset as abort
 from ._attack import AttackContext, Outcome, run_many
-from ._client import abort, describe, open_socket, queued_bytes, send_quietly
+from ._client import describe, open_socket, queued_bytes, send_quietly
 
 # At most this many resets per attack (it also stops at its deadline).
 RESETS = 5000

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from typing import Protocol, TypeAlias
 
 import trio
@@ -79,3 +80,15 @@ def close_fd(fd: int | socket.socket) -> None:
     else:
         trio.lowlevel.notify_closing(fd)
         os.close(fd)
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def close_with_reset(sock: trio.socket.SocketType) -> None:
+    """Close ``sock`` with a TCP reset instead of a FIN (SO_LINGER 0); a closed socket
+    is left alone. For clients that abort on purpose (the chaos attacks, FaultyStream);
+    nothing of the server uses it."""
+    if sock.fileno() != -1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        sock.close()

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..chaos._client import abort as abort_socket
+from ..lowlevel._fd import close_with_reset
 
 
 def _count(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -149,7 +149,7 @@ class FaultyStream(trio.abc.HalfCloseableStream):
     async def _abort(self) -> None:
         self.aborted = True
         if isinstance(self.stream, trio.SocketStream):
-            abort_socket(self.stream.socket)
+            close_with_reset(self.stream.socket)
         await trio.aclose_forcefully(self.stream)
 
     async def _truncate(self) -> None:
