@@ -177,13 +177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.servers = [n.strip() for n in args.servers.split(",")] if args.servers else None
     args.vs = [n.strip() for n in args.vs.split(",")] if args.vs else None
-    commands = {}
-    for item in args.command:
-        name, sep, cmd = item.partition("=")
-        if not sep or not name.strip() or not shlex.split(cmd):
-            parser.error(f"--command takes NAME=CMD, not {item!r}")
-        commands[name.strip()] = shlex.split(cmd)
-    args.command = commands
+    args.command = parse_commands(parser, args.command)
     if args.runs < 1 or args.size < 1:
         parser.error("--runs and --size must be at least 1")
     if args.duration is None:
@@ -202,6 +196,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.duration <= 0 or args.warmup < 0 or min(args.connections) < 1:
         parser.error("--duration and --connections must be > 0 and --warmup >= 0")
     return args
+
+
+def parse_commands(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, list[str]]:
+    """``--command NAME=CMD`` items as {NAME: argv}; a malformed one is a usage error."""
+    commands = {}
+    for item in items:
+        name, sep, cmd = item.partition("=")
+        try:
+            argv = shlex.split(cmd)
+        except ValueError as exc:  # an unclosed quote
+            parser.error(f"--command {item!r}: {exc}")
+        if not sep or not name.strip() or not argv:
+            parser.error(f"--command takes NAME=CMD, not {item!r}")
+        commands[name.strip()] = argv
+    return commands
 
 
 def measure(server: ServerProcess, connections: int, args: argparse.Namespace) -> dict[str, Any]:

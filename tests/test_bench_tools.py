@@ -435,9 +435,17 @@ def test_bench_script_refuses_a_vs_server_it_does_not_measure() -> None:
     assert done.stderr.strip() == "bench: --vs names a server not measured: triosrv epoll"
 
 
-@pytest.mark.parametrize("item", ["nameonly", "=python x.py", "name="])
-def test_bench_script_refuses_a_malformed_command_in_one_line(item: str) -> None:
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("nameonly", "--command takes NAME=CMD"),
+        ("=python x.py", "--command takes NAME=CMD"),
+        ("name=", "--command takes NAME=CMD"),
+        ("name='unclosed", "No closing quotation"),
+    ],
+)
+def test_bench_script_refuses_a_malformed_command_in_one_line(item: str, message: str) -> None:
     done = _run_peers("--command", item)
     assert done.returncode == 2
-    assert "--command takes NAME=CMD" in done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
