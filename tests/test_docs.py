@@ -372,3 +372,15 @@ def test_run_a_server_table_names_only_real_listen_options() -> None:
     }
     assert len(named) >= 15
     assert not named - real, sorted(named - real)
+
+
+def test_documented_scripts_exist() -> None:
+    # A command a reader is told to run (a shell block) names a script that exists;
+    # the commands that made a historical figure are shown in text blocks instead.
+    missing = []
+    for page in _pages():
+        for block in SHELL_FENCE.finditer(page.read_text()):
+            for script in re.findall(r"python3? (scripts/[\w./-]+\.py)", block.group(2)):
+                if not (ROOT / script).exists():
+                    missing.append(f"{page.relative_to(ROOT)}: {script}")
+    assert not missing, missing
