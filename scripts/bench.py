@@ -63,9 +63,11 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from triosrv._backends import missing_feature  # noqa: E402
 from triosrv._config import BACKENDS  # noqa: E402
-from triosrv._server_processes import (  # noqa: E402
+from triosrv._server_processes import (  # noqa: E402  # noqa: E402
+    BASELINE,
     BenchError,
     ServerProcess,
+    baseline_cmd,
     listen_has_backend,
     machine_facts,
     machine_lines,
@@ -75,7 +77,6 @@ from triosrv._server_processes import (  # noqa: E402
     triosrv_listen_cmd,
 )
 from triosrv.bench import LoadEngineError, LoadResult, run_load, run_paired, swapped  # noqa: E402
-from triosrv.bench._baseline import BASELINE, baseline_cmd  # noqa: E402
 from triosrv.bench._load import resolve_engine  # noqa: E402
 from triosrv.bench._report import (  # noqa: E402
     cpu_us_per_round_trip,

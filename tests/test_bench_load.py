@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from triosrv._server_processes import baseline_cmd
 from triosrv.bench import LoadResult, _cengine, _load_worker, run_load
-from triosrv.bench._baseline import baseline_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = baseline_cmd()

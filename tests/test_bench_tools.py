@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from triosrv._server_processes import listen_has_backend, running_server
+from triosrv._server_processes import baseline_cmd, listen_has_backend, running_server
 from triosrv.bench import BackendsPlan, _cengine, bench_backends, bench_threads_vs_tasks
-from triosrv.bench._baseline import baseline_cmd
 from triosrv.bench._conns import ConnectionPool, ping_pong
 from triosrv.bench._loadcmd import parse_target
 from triosrv.bench._report import progress

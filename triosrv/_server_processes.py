@@ -36,8 +36,10 @@ import attrs
 from ._platform import can_pin, cpu_affinity, usable_cpu_count
 
 __all__ = [
+    "BASELINE",
     "BenchError",
     "ServerProcess",
+    "baseline_cmd",
     "listen_has_backend",
     "machine_facts",
     "machine_lines",
@@ -101,6 +103,15 @@ def triosrv_listen_cmd(*options: str) -> list[str]:
         "0",
         *options,
     ]
+
+
+BASELINE = "trio.serve_tcp"  # what the reports call the baseline server
+
+
+def baseline_cmd() -> list[str]:
+    """The command that runs the baseline: a plain ``trio.serve_tcp`` echo server on a
+    free loopback port (``triosrv/bench/_baseline.py``)."""
+    return [sys.executable, "-m", "triosrv.bench._baseline"]
 
 
 def listen_has_backend() -> bool:

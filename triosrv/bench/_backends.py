@@ -35,14 +35,15 @@ import attrs
 
 from .._config import BACKENDS
 from .._server_processes import (
+    BASELINE,
     BenchError,
     ServerProcess,
+    baseline_cmd,
     listen_has_backend,
     process_cpu_ns,
     running_server,
     triosrv_listen_cmd,
 )
-from ._baseline import BASELINE, baseline_cmd
 from ._conns import ConnectionPool, ping_pong
 from ._load import run_load
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import attrs
 
 from .._server_processes import (
+    BASELINE,
     listen_has_backend,
     machine_facts,
     machine_lines,
@@ -18,7 +19,6 @@ from .._server_processes import (
     plan_cpus,
 )
 from ._backends import READINESS, BackendsPlan, measure_backend, measure_baseline, pinned_here
-from ._baseline import BASELINE
 from ._load import resolve_engine
 from ._report import fmt, ratio
 

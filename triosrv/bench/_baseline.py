@@ -1,7 +1,8 @@
 """The baseline of the benchmarks: a plain `trio.serve_tcp` echo server on 127.0.0.1.
 
-Usage: ``python -m triosrv.bench._baseline [PORT]`` (default 0: a free port), or the
-command :func:`baseline_cmd` returns; ``triosrv bench backends`` and ``scripts/bench.py``
+Usage: ``python -m triosrv.bench._baseline [PORT]`` (default 0: a free port), the
+command ``triosrv._server_processes.baseline_cmd()`` returns (nothing in the package
+imports this module, so ``-m`` runs it cleanly); ``triosrv bench backends`` and ``scripts/bench.py``
 measure it as ``trio.serve_tcp``. When it
 is ready it prints ``listening on tcp://127.0.0.1:PORT`` to stderr, the line ``triosrv
 listen`` prints, so the same code starts either server. It runs until killed (SIGTERM or
@@ -19,13 +20,6 @@ import functools
 import sys
 
 import trio
-
-BASELINE = "trio.serve_tcp"  # the name the reports give this server
-
-
-def baseline_cmd() -> list[str]:
-    """The command line that runs this server (a new interpreter, this one's)."""
-    return [sys.executable, "-m", "triosrv.bench._baseline"]
 
 
 async def echo(stream: trio.SocketStream) -> None:
