@@ -10,8 +10,9 @@ import trio
 import trio.testing
 
 import triosrv
-from triosrv import Connection, ServerConfig, SocketConnection, Timeouts
+from triosrv import Connection, ServerConfig, SocketConnection, StreamConnection, Timeouts
 from triosrv._listeners import configure_accepted
+from triosrv.testing import open_test_server
 
 from .helpers import StrictEcho
 
@@ -20,12 +21,12 @@ from .helpers import StrictEcho
 
 async def memory_connection_pair() -> tuple[Connection, Connection]:
     left, right = trio.testing.memory_stream_pair()
-    return Connection(left, peer="a"), Connection(right, peer="b")
+    return StreamConnection(left, peer="a"), StreamConnection(right, peer="b")
 
 
 async def lockstep_connection_pair() -> tuple[Connection, Connection]:
     left, right = trio.testing.lockstep_stream_pair()
-    return Connection(left), Connection(right)
+    return StreamConnection(left), StreamConnection(right)
 
 
 async def test_connection_passes_trio_half_closeable_stream_checks() -> None:
@@ -62,6 +63,59 @@ async def test_socket_connection_passes_trio_half_closeable_stream_checks() -> N
     await trio.testing.check_half_closeable_stream(
         socket_connection_pair, clogged_socket_connection_pair
     )
+
+
+def test_connection_is_an_abstract_base_of_two_siblings() -> None:
+    assert issubclass(StreamConnection, Connection) and issubclass(SocketConnection, Connection)
+    assert not issubclass(SocketConnection, StreamConnection)
+    assert not issubclass(StreamConnection, SocketConnection)
+
+    class Incomplete(Connection):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()  # type: ignore[abstract]
+
+
+async def test_connection_of_a_stream_still_builds_a_stream_connection() -> None:
+    left, _ = trio.testing.memory_stream_pair()
+    conn = Connection(left, peer="p", id=3)  # type: ignore[abstract]
+    assert type(conn) is StreamConnection
+    assert (conn.stream, conn.peer, conn.id) == (left, "p", 3)
+
+
+async def test_every_connection_shares_the_records_deadline_fields() -> None:
+    # One set of deadline fields for the handler's connections and every backend's
+    # records: the keeper and the snapshots read them the same way.
+    left, right = _socket_connection_pair()
+    stream_conn = StreamConnection(trio.testing.memory_stream_pair()[0])
+    try:
+        for conn in (left, stream_conn):
+            assert isinstance(conn, triosrv.lowlevel.ConnectionRecord)
+            assert conn.waiting == triosrv.lowlevel.NOT_WAITING
+            due, kind = conn.next_timeout(Timeouts(lifetime=5))
+            assert (kind, due) == ("lifetime", conn.started_at + 5)
+    finally:
+        for sock_conn in (left, right):
+            sock_conn.close_now()
+
+
+async def test_handler_gets_a_connection_over_tcp_and_add_stream() -> None:
+    seen: list[type[object]] = []
+
+    async def record(conn: Connection) -> None:
+        assert isinstance(conn, triosrv.Connection)
+        seen.append(type(conn))
+        await conn.send_all(b"ok")
+
+    async with open_test_server(record) as running:
+        async with await running.connect() as stream:
+            assert await stream.receive_some() == b"ok"
+        client, served = trio.testing.memory_stream_pair()
+        assert await running.server.add_stream(served) is not None
+        assert await client.receive_some() == b"ok"
+        await client.aclose()
+    assert seen == [SocketConnection, StreamConnection]
 
 
 async def test_connection_counts_bytes_and_iterates_chunks() -> None:
@@ -286,7 +340,7 @@ async def test_timeout_fired_before_the_connection_task_runs_still_ends_it(
         client, server_end = trio.testing.memory_stream_pair()
         conn = await server.add_stream(server_end)
         assert conn is not None
-        conn._expire("lifetime", server.config.timeouts)  # its task has not run yet
+        conn.expire("lifetime", server.config.timeouts)  # its task has not run yet
         with trio.fail_after(1):
             assert await client.receive_some() == b""
         server.shutdown()

@@ -472,11 +472,11 @@ async def test_isolation_deadline_keeper_survives_a_connection_that_cannot_stop(
         def cannot_stop(kind: str, timeouts: object) -> None:
             raise RuntimeError("planted failure")
 
-        bad._expire = cannot_stop  # type: ignore[method-assign]
+        bad.expire = cannot_stop  # type: ignore[method-assign]
         await trio.sleep(1.5)
         # The keeper went on: the good connection's idle timeout fired and closed it.
         assert await good_client.receive_some() == b""
         assert server.statistics().timeouts["idle"] >= 1
         await bad_client.aclose()
         bad_served_conn = bad
-        bad_served_conn._cancel_scope.cancel()  # type: ignore[union-attr]
+        bad_served_conn.cancel_scope.cancel()

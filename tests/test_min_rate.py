@@ -81,7 +81,7 @@ class _Record(ConnectionRecord):
         super().__init__(peer="p", local="l", started_at=started_at)
         self.stopped = False
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
         self.stopped = True
 
 
@@ -92,7 +92,7 @@ def test_min_rate_keeper_measures_full_windows_only_while_waiting_to_receive() -
     assert keeper.fire_due(0.0) == 1.0  # the first tick: next one in a window
     for record in (early, late, busy):
         record.bytes_received = 3  # some bytes, far under 10 per second
-    busy._waiting = NOT_WAITING  # the server is not waiting for this one's bytes
+    busy.waiting = NOT_WAITING  # the server is not waiting for this one's bytes
     assert keeper.fire_due(1.0) == 2.0
     # early had a whole window and is too slow; late began mid-window and is left for
     # the next tick; busy's window does not count, and starts again.
@@ -101,7 +101,7 @@ def test_min_rate_keeper_measures_full_windows_only_while_waiting_to_receive() -
     assert (busy._rate_since, busy._rate_mark) == (1.0, 3)
     late.bytes_received = 3 + 11  # 14 bytes over 1.5 s: under 10 per second
     busy.bytes_received = 3 + 20  # 20 bytes over 1 s: above
-    busy._waiting = RECEIVING
+    busy.waiting = RECEIVING
     keeper.fire_due(2.0)
     assert (late.timed_out, busy.timed_out) == ("slow_receive", None)
     assert keeper.fired["slow_receive"] == 2

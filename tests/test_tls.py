@@ -67,6 +67,7 @@ async def test_tls_echo_reaches_handler_over_ssl_stream(ca: trustme.CA, certfile
             assert await stream.receive_some(100) == b"hello over tls"
     [conn] = handler.seen
     assert isinstance(conn, TLSConnection)
+    assert isinstance(conn, triosrv.StreamConnection) and isinstance(conn, triosrv.Connection)
     assert isinstance(conn.stream, trio.SSLStream)
     assert conn.peer.startswith("127.0.0.1:")
 

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._buffered import BufferedStream
 from ._config import BindSpec, Limits, ServerConfig, Timeouts, parse_bind
-from ._connection import Connection, SocketConnection
+from ._connection import Connection, SocketConnection, StreamConnection
 from ._errors import (
     BindError,
     ConfigError,
@@ -51,6 +51,7 @@ __all__ = [
     "ServerStatistics",
     "SlowReceiveTimeout",
     "SocketConnection",
+    "StreamConnection",
     "Timeouts",
     "WriteTimeout",
     "load_handler",

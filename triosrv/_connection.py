@@ -8,22 +8,24 @@ receive and send cost about 40% of echo throughput on the machine this was built
 one per-connection scope whose deadline is moved before every operation about 13%:
 every deadline change re-files the scope in trio's deadline queue.
 
-So a connection never touches a deadline. When an operation is about to *wait* it
-stores two plain attributes -- what it waits for (``_waiting``) and since when
-(``_waiting_since``) -- and clears them when the wait ends. One timer task per server
-(:class:`DeadlineKeeper`) wakes at the earliest moment any connection could be due,
-looks at those attributes, and cancels the connection's own cancel scope when a wait
-has lasted too long, after writing down which kind fired (``_expired``). The operation
-that was waiting sees ``trio.Cancelled``, notices ``_expired`` and raises
-:class:`~triosrv.IdleTimeout` / :class:`~triosrv.WriteTimeout` /
-:class:`~triosrv.LifetimeTimeout` instead, so the handler learns why. The minimum
+So a connection never touches a deadline. When an operation is about to *wait* it stores
+two plain attributes -- what it waits for (``waiting``) and since when
+(``waiting_since``), fields it shares with every backend's
+:class:`~triosrv.lowlevel.ConnectionRecord` -- and clears them when the wait ends. One
+timer task per server (:class:`DeadlineKeeper`) wakes at the earliest moment any
+connection could be due, looks at those attributes, and cancels the connection's own
+cancel scope when a wait has lasted too long, after writing down which kind fired
+(``timed_out``). The operation that was waiting sees ``trio.Cancelled``, notices
+``timed_out`` and raises :class:`~triosrv.IdleTimeout` / :class:`~triosrv.WriteTimeout`
+/ :class:`~triosrv.LifetimeTimeout` instead, so the handler learns why. The minimum
 receive rate rides on the same scan (:class:`~triosrv.SlowReceiveTimeout`; see
 ``_deadlines.py``): it reads ``bytes_received``, which a receive updates anyway.
 
-Two flavours share the interface:
+:class:`Connection` is the abstract base a handler sees; two siblings implement it:
 
-- :class:`Connection` wraps any trio stream (memory streams in tests, ``SSLStream``):
-  it marks every operation as a wait, since it cannot know whether it will block.
+- :class:`StreamConnection` wraps any trio stream (memory streams in tests,
+  ``SSLStream``): it marks every operation as a wait, since it cannot know whether it
+  will block.
 - :class:`SocketConnection` drives a non-blocking socket itself with trio's
   ``wait_readable``/``wait_writable``, exactly as ``trio.SocketStream`` does minus its
   layers, and marks only the operations that really block. This is the fast path.
@@ -31,6 +33,7 @@ Two flavours share the interface:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import socket
 from typing import TYPE_CHECKING
@@ -39,12 +42,13 @@ import trio
 
 from ._errors import (
     ConnectionTimeout,
+    HandshakeTimeout,
     IdleTimeout,
     LifetimeTimeout,
     SlowReceiveTimeout,
     WriteTimeout,
 )
-from .lowlevel._record import NOT_WAITING, RECEIVING, SENDING, next_deadline
+from .lowlevel._record import NOT_WAITING, RECEIVING, SENDING, ConnectionRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,11 +61,12 @@ _TIMEOUT_TYPES: dict[str, type[ConnectionTimeout]] = {
     "idle": IdleTimeout,
     "write": WriteTimeout,
     "lifetime": LifetimeTimeout,
+    "handshake": HandshakeTimeout,
 }
 
 
-class Connection(trio.abc.HalfCloseableStream):
-    """One client connection, as a handler sees it.
+class Connection(ConnectionRecord, trio.abc.HalfCloseableStream):
+    """One client connection, as a handler sees it (an abstract base).
 
     A :class:`trio.abc.HalfCloseableStream` with:
 
@@ -69,7 +74,10 @@ class Connection(trio.abc.HalfCloseableStream):
       ``unix``), ``bytes_received`` and ``bytes_sent``;
     - ``draining``: True once the server is shutting down gracefully; a long-lived
       handler should finish what it is doing and return;
-    - ``async for chunk in conn``: the received chunks until the peer's EOF.
+    - ``async for chunk in conn``: the received chunks until the peer's EOF;
+    - ``cancel_scope``: the scope the server runs the handler in; cancelling it ends
+      the connection (the deadline keeper does that when a timeout fires);
+    - ``task``: the trio task serving it, once it runs.
 
     Timeouts (see :class:`~triosrv.Timeouts`): a receive that waits longer than
     ``idle`` raises :class:`~triosrv.IdleTimeout`, a send blocked longer than ``write``
@@ -78,9 +86,78 @@ class Connection(trio.abc.HalfCloseableStream):
     below ``min_receive_rate`` gets :class:`~triosrv.SlowReceiveTimeout`. Once a timeout
     has fired the connection's scope is cancelled: the handler can clean up but not
     talk to the peer any more. The server counts the timeout and closes the connection.
+    The deadline bookkeeping (``waiting``, ``waiting_since``, :meth:`next_timeout`,
+    :meth:`expire`) is that of :class:`~triosrv.lowlevel.ConnectionRecord`, which every
+    backend's connections share.
 
     The server owns the connection and closes it when the handler returns; a handler may
     close it earlier with :meth:`aclose`.
+
+    The implementations are :class:`StreamConnection` (any trio stream) and
+    :class:`SocketConnection` (a socket, the fast path). ``Connection(stream, ...)``
+    still builds a :class:`StreamConnection`, as it did when this class was one.
+    """
+
+    def __new__(cls, *args: object, **kwargs: object) -> Connection:
+        # Connection(stream) predates the split into siblings; it keeps working (as
+        # pathlib.Path() picks its flavour). Subclasses are built as themselves.
+        if cls is Connection:
+            cls = StreamConnection
+        return super().__new__(cls)
+
+    def __init__(
+        self, *, peer: str = "?", local: str = "?", id: int = 0, recv_size: int = 65536
+    ) -> None:
+        super().__init__(peer=peer, local=local, started_at=trio.current_time())
+        self.id = id
+        self.waiting = NOT_WAITING
+        self.cancel_scope = trio.CancelScope()
+        self.task: Task | None = None
+        self._recv_size = recv_size
+        self._receiving = False
+        self._sending = False
+        self._timeouts: Timeouts | None = None
+
+    def __repr__(self) -> str:
+        return f"<triosrv.Connection {self.id} from {self.peer}>"
+
+    @abc.abstractmethod
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive at most ``max_bytes`` (default ``Limits.recv_size``); ``b""`` at EOF."""
+
+    # -- what the deadline keeper uses ------------------------------------------
+
+    def expire(self, kind: str, timeouts: Timeouts) -> None:
+        """The ``kind`` timeout fired: note it and cancel :attr:`cancel_scope`; the
+        operation that was waiting raises the matching :class:`~triosrv.ConnectionTimeout`."""
+        self._timeouts = timeouts
+        super().expire(kind, timeouts)
+
+    def stop(self) -> None:
+        """Cancel :attr:`cancel_scope` (see :meth:`ConnectionRecord.stop`)."""
+        self.cancel_scope.cancel()
+
+    def _raise_if_timed_out(self) -> None:
+        # Called in ``except trio.Cancelled``: if the keeper cancelled us because a
+        # timeout fired, raise that timeout in place of the Cancelled, so the handler
+        # learns why; otherwise return, and the caller re-raises the Cancelled.
+        kind = self._expired
+        if kind is None:
+            return
+        timeouts = self._timeouts
+        if kind == "slow_receive" and timeouts is not None:
+            raise SlowReceiveTimeout(
+                timeouts.min_receive_rate_window, rate=timeouts.min_receive_rate
+            ) from None
+        raise _TIMEOUT_TYPES[kind](getattr(timeouts, kind, None)) from None
+
+
+class StreamConnection(Connection):
+    """A :class:`Connection` over any trio stream (``stream``), which it owns.
+
+    It cannot know whether an operation will block, so it marks each one as a wait
+    for the deadline keeper. Used for :meth:`Server.add_stream` (memory streams in
+    tests) and, as :class:`~triosrv._preamble.TLSConnection`, for TLS.
     """
 
     def __init__(
@@ -92,75 +169,25 @@ class Connection(trio.abc.HalfCloseableStream):
         id: int = 0,
         recv_size: int = 65536,
     ) -> None:
+        super().__init__(peer=peer, local=local, id=id, recv_size=recv_size)
         self.stream = stream
-        self.id = id
-        self.peer = peer
-        self.local = local
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.draining = False
-        self.started_at = trio.current_time()
-        self._recv_size = recv_size
-        self._receiving = False
-        self._sending = False
-        self._waiting = NOT_WAITING
-        self._waiting_since = 0.0
-        self._expired: str | None = None
-        self._timeouts: Timeouts | None = None
-        # The keeper's minimum-rate checkpoint (see _deadlines.py).
-        self._rate_since = self.started_at
-        self._rate_mark = 0
-        self._cancel_scope: trio.CancelScope | None = None
-        self.task: Task | None = None
-
-    def __repr__(self) -> str:
-        return f"<triosrv.Connection {self.id} from {self.peer}>"
-
-    # -- what the deadline keeper uses ------------------------------------------
-
-    def _next_deadline(self, timeouts: Timeouts) -> tuple[float, str]:
-        """The earliest moment a timeout could fire now, and its kind."""
-        return next_deadline(self.started_at, self._waiting, self._waiting_since, timeouts)
-
-    def _expire(self, kind: str, timeouts: Timeouts) -> None:
-        self._expired = kind
-        self._timeouts = timeouts
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
-
-    def _timeout_error(self) -> ConnectionTimeout:
-        kind = self._expired or "idle"
-        timeouts = self._timeouts
-        if kind == "slow_receive" and timeouts is not None:
-            return SlowReceiveTimeout(
-                timeouts.min_receive_rate_window, rate=timeouts.min_receive_rate
-            )
-        return _TIMEOUT_TYPES[kind](getattr(timeouts, kind, None))
-
-    @property
-    def timed_out(self) -> str | None:
-        """The kind of timeout that ended this connection, or None."""
-        return self._expired
-
-    # -- the stream interface -----------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive at most ``max_bytes`` (default ``Limits.recv_size``); ``b""`` at EOF."""
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving")
         self._receiving = True
-        self._waiting_since = trio.current_time()
-        self._waiting = RECEIVING
+        self.waiting_since = trio.current_time()
+        self.waiting = RECEIVING
         try:
             data = await self.stream.receive_some(
                 self._recv_size if max_bytes is None else max_bytes
             )
         except trio.Cancelled:
-            if self._expired is not None:
-                raise self._timeout_error() from None
+            self._raise_if_timed_out()
             raise
         finally:
-            self._waiting = NOT_WAITING
+            self.waiting = NOT_WAITING
             self._receiving = False
         self.bytes_received += len(data)
         return bytes(data)
@@ -168,16 +195,15 @@ class Connection(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``; a wait longer than ``write`` raises WriteTimeout."""
         with self._send_guard():
-            self._waiting_since = trio.current_time()
-            self._waiting = SENDING
+            self.waiting_since = trio.current_time()
+            self.waiting = SENDING
             try:
                 await self.stream.send_all(data)
             except trio.Cancelled:
-                if self._expired is not None:
-                    raise self._timeout_error() from None
+                self._raise_if_timed_out()
                 raise
             finally:
-                self._waiting = NOT_WAITING
+                self.waiting = NOT_WAITING
         self.bytes_sent += len(data)
 
     @contextlib.contextmanager
@@ -206,21 +232,18 @@ class Connection(trio.abc.HalfCloseableStream):
             await stream.send_eof()
 
     async def aclose(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection and its stream (idempotent)."""
         await self.stream.aclose()
-
-    async def _aclose_forcefully(self) -> None:
-        # The server's cleanup: close at once, even inside a cancelled scope.
-        await trio.aclose_forcefully(self.stream)
 
 
 class SocketConnection(Connection):
-    """A :class:`Connection` that drives a non-blocking socket directly.
+    """A :class:`Connection` that drives a non-blocking socket (``sock``) directly.
 
     It does what ``trio.SocketStream`` does -- try the syscall, and only when it
     would block wait for readiness with ``trio.lowlevel.wait_readable`` /
     ``wait_writable`` -- without the layers in between, and it marks only real waits
-    for the deadline keeper. Each operation is a full trio checkpoint.
+    for the deadline keeper. Each operation is a full trio checkpoint. It owns and
+    closes ``sock``.
     """
 
     def __init__(
@@ -232,11 +255,10 @@ class SocketConnection(Connection):
         id: int = 0,
         recv_size: int = 65536,
     ) -> None:
+        super().__init__(peer=peer, local=local, id=id, recv_size=recv_size)
         self.sock = sock
         self._closed = False
         self._eof_sent = False
-        # ``stream`` is kept for code that expects one; the fast path never uses it.
-        super().__init__(_NoStream(), peer=peer, local=local, id=id, recv_size=recv_size)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive at most ``max_bytes`` (default ``Limits.recv_size``); ``b""`` at EOF."""
@@ -258,8 +280,7 @@ class SocketConnection(Connection):
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
         except trio.Cancelled:
-            if self._expired is not None:
-                raise self._timeout_error() from None
+            self._raise_if_timed_out()
             raise
         except OSError as exc:
             raise self._os_error(exc) from exc
@@ -269,8 +290,8 @@ class SocketConnection(Connection):
         return data
 
     async def _wait_and_receive(self, max_bytes: int) -> bytes:
-        self._waiting_since = trio.current_time()
-        self._waiting = RECEIVING
+        self.waiting_since = trio.current_time()
+        self.waiting = RECEIVING
         try:
             while True:
                 await trio.lowlevel.wait_readable(self.sock)
@@ -279,7 +300,7 @@ class SocketConnection(Connection):
                 except BlockingIOError:
                     pass
         finally:
-            self._waiting = NOT_WAITING
+            self.waiting = NOT_WAITING
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``; a wait longer than ``write`` raises WriteTimeout.
@@ -305,8 +326,7 @@ class SocketConnection(Connection):
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
         except trio.Cancelled:
-            if self._expired is not None:
-                raise self._timeout_error() from None
+            self._raise_if_timed_out()
             raise
         except OSError as exc:
             raise self._os_error(exc) from exc
@@ -317,12 +337,12 @@ class SocketConnection(Connection):
         with view:
             total = len(view)
             while sent < total:
-                self._waiting_since = trio.current_time()
-                self._waiting = SENDING
+                self.waiting_since = trio.current_time()
+                self.waiting = SENDING
                 try:
                     await trio.lowlevel.wait_writable(self.sock)
                 finally:
-                    self._waiting = NOT_WAITING
+                    self.waiting = NOT_WAITING
                 try:
                     n = self.sock.send(view[sent:])
                 except BlockingIOError:
@@ -372,23 +392,4 @@ class SocketConnection(Connection):
     async def aclose(self) -> None:
         """Close the connection (idempotent); a checkpoint."""
         self.close_now()
-        await trio.lowlevel.checkpoint()
-
-    async def _aclose_forcefully(self) -> None:
-        self.close_now()
-
-
-class _NoStream(trio.abc.Stream):
-    """Placeholder ``stream`` of a SocketConnection: the fast path bypasses it."""
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        raise trio.ClosedResourceError("SocketConnection has no inner stream")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        raise trio.ClosedResourceError("SocketConnection has no inner stream")
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        raise trio.ClosedResourceError("SocketConnection has no inner stream")
-
-    async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

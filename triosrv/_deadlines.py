@@ -8,13 +8,14 @@ saw, or ``now + shortest_timeout``, whichever comes first, and cannot wake late.
 
 The minimum receive rate (``Timeouts.min_receive_rate``) is not a deadline but a
 measurement, and it rides on the same scan. Each connection keeps a checkpoint -- when
-its current window began (``_rate_since``) and ``bytes_received`` then
-(``_rate_mark``) -- which nothing on the hot path touches: no clock read per receive.
-Once every window (a *rate tick*) the scan compares each connection's bytes since its
-checkpoint with ``rate * elapsed`` and moves the checkpoint on. All connections are
-measured at the same ticks, so the rate costs one extra wake-up per window whatever
-the number of connections; a connection that began after the previous tick is left
-for the next one, so every measured window lasts between one and two windows.
+its current window began and ``bytes_received`` then (see
+:meth:`~triosrv.lowlevel.ConnectionRecord.receive_rate_below`) -- which nothing on the
+hot path touches: no clock read per receive. Once every window (a *rate tick*) the scan
+compares each connection's bytes since its checkpoint with ``rate * elapsed`` and moves
+the checkpoint on. All connections are measured at the same ticks, so the rate costs one
+extra wake-up per window whatever the number of connections; a connection that began
+after the previous tick is left for the next one, so every measured window lasts between
+one and two windows.
 """
 
 from __future__ import annotations
@@ -23,43 +24,14 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
-from typing import Protocol
 
 import trio
 
 from ._config import Timeouts
 from ._isolation import rate_limited
-from .lowlevel._record import RECEIVING
+from .lowlevel._record import ConnectionRecord
 
 logger = logging.getLogger("triosrv")
-
-
-class LiveConnection(Protocol):
-    """What every backend's connection objects have: the server tracks them, the
-    keeper expires them, ``Server.connections()`` lists them.
-
-    :class:`~triosrv.Connection` (the ``trio`` backend) and
-    :class:`triosrv.lowlevel.ConnectionRecord` (every other backend) both qualify.
-    """
-
-    id: int
-    peer: str
-    local: str
-    started_at: float
-    bytes_received: int
-    bytes_sent: int
-    draining: bool
-    _waiting: int
-    _rate_since: float
-    _rate_mark: int
-
-    @property
-    def timed_out(self) -> str | None:
-        """The kind of timeout that ended the connection, or None."""
-
-    def _next_deadline(self, timeouts: Timeouts) -> tuple[float, str]: ...
-
-    def _expire(self, kind: str, timeouts: Timeouts) -> None: ...
 
 
 class DeadlineKeeper:
@@ -69,7 +41,7 @@ class DeadlineKeeper:
     copied). Fired timeouts are counted in ``fired`` by kind.
     """
 
-    def __init__(self, timeouts: Timeouts, connections: Mapping[int, LiveConnection]) -> None:
+    def __init__(self, timeouts: Timeouts, connections: Mapping[int, ConnectionRecord]) -> None:
         self.timeouts = timeouts
         self.connections = connections
         self.fired: Counter[str] = Counter()
@@ -99,11 +71,11 @@ class DeadlineKeeper:
         for conn in self.connections.values():
             if conn.timed_out is not None:
                 continue
-            due, kind = conn._next_deadline(timeouts)
+            due, kind = conn.next_timeout(timeouts)
             if due <= now:
                 self.fired[kind] += 1
                 _expire(conn, kind, timeouts)
-            elif rate_tick and self._too_slow(conn, now):
+            elif rate_tick and conn.receive_rate_below(self._rate, self._rate_tick, now):
                 self.fired["slow_receive"] += 1
                 _expire(conn, "slow_receive", timeouts)
             elif due < wake:
@@ -113,28 +85,13 @@ class DeadlineKeeper:
             self._rate_due = now + timeouts.min_receive_rate_window
         return min(wake, self._rate_due)
 
-    def _too_slow(self, conn: LiveConnection, now: float) -> bool:
-        # At a rate tick: did ``conn`` send too slowly over its window? Moves its
-        # checkpoint on unless it is left for the next tick.
-        if conn._rate_since > self._rate_tick:
-            return False  # began after the previous tick: a partial window
-        received = conn.bytes_received - conn._rate_mark
-        # Only a window that ends while we wait for the peer counts, and a silent one
-        # is the idle timeout's business (see Timeouts).
-        wanted = self._rate * (now - conn._rate_since)
-        if conn._waiting == RECEIVING and 0 < received < wanted:
-            return True
-        conn._rate_since = now
-        conn._rate_mark = conn.bytes_received
-        return False
 
-
-def _expire(conn: LiveConnection, kind: str, timeouts: Timeouts) -> None:
+def _expire(conn: ConnectionRecord, kind: str, timeouts: Timeouts) -> None:
     # The keeper serves every connection: one that fails to stop (a backend's bug)
     # is logged and left to its other limits, and the keeper goes on with the rest
     # (the isolation rule, _isolation.py).
     try:
-        conn._expire(kind, timeouts)
+        conn.expire(kind, timeouts)
     except Exception:
         logger.exception(
             "deadline keeper: could not stop connection %s on its %s timeout",

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._connection import Connection, SocketConnection
+from ._connection import Connection, SocketConnection, StreamConnection
 from ._errors import ConfigError
 from ._isolation import rate_limited
 from .protocols import ProxyHeader, ProxyProtocolError, parse_proxy_header
@@ -57,8 +57,8 @@ PEEK_SIZE = 536
 FAILURE_KINDS = ("proxy_header", "proxy_refused", "tls", "reset", "error")
 
 
-class TLSConnection(Connection):
-    """A :class:`~triosrv.Connection` over :class:`trio.SSLStream` on an accepted socket.
+class TLSConnection(StreamConnection):
+    """A :class:`~triosrv.StreamConnection` over :class:`trio.SSLStream` on an accepted socket.
 
     ``stream`` is the :class:`trio.SSLStream` (for ``getpeercert()``,
     ``selected_alpn_protocol()``, ...); ``sock`` is the TCP socket under it, which the
@@ -125,6 +125,7 @@ class Preamble:
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in config.proxy_allow_from]
         handshake = config.timeouts.handshake
         self._handshake = math.inf if handshake is None else handshake
+        self._timeouts = config.timeouts
         self._fired = timeouts_fired
         self.failures: Counter[str] = Counter({kind: 0 for kind in FAILURE_KINDS})
 
@@ -166,7 +167,7 @@ class Preamble:
                 )
                 return False
         self._fired["handshake"] += 1
-        conn._expired = "handshake"  # so conn.timed_out says why it ended
+        conn.expire("handshake", self._timeouts)  # so conn.timed_out says why it ended
         logger.info(
             "connection %d from %s: handshake timeout after %g s",
             conn.id,

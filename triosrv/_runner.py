@@ -160,7 +160,9 @@ async def _watch_signals(
             _begin_drain(server, name)
             notify("STOPPING=1")
         else:
-            logger.warning("%s again: cancelling %d connection(s) now", name, len(server._live))
+            logger.warning(
+                "%s again: cancelling %d connection(s) now", name, server.statistics().active
+            )
             scope.cancel()
             return
 

@@ -37,14 +37,15 @@ from ._backends import check_backend, make_backend
 from ._backends._trio import TrioBackend
 from ._blocking_detector import BlockingDetector
 from ._config import ServerConfig
-from ._connection import Connection
-from ._deadlines import DeadlineKeeper, LiveConnection
+from ._connection import Connection, StreamConnection
+from ._deadlines import DeadlineKeeper
 from ._errors import TIMEOUT_KINDS, ConnectionTimeout
 from ._handlers import Handler as Handler  # re-exported: tests and tools import it here
 from ._isolation import LOG_LIMIT, RESOURCE_ERRNOS, accept_error_pause, rate_limited
 from ._listeners import Listener, configure_accepted, format_local, format_peer, open_listeners
 from ._preamble import Preamble
 from ._snapshots import ConnectionSnapshot, connection_snapshots
+from .lowlevel import ConnectionRecord
 
 logger = logging.getLogger("triosrv")
 
@@ -89,7 +90,7 @@ class Server:
         self._handler = handler
         self._listeners: list[Listener] = []
         self._state: Literal["starting", "serving", "draining", "closed"] = "starting"
-        self._live: dict[int, LiveConnection] = {}
+        self._live: dict[int, ConnectionRecord] = {}
         self._keeper = DeadlineKeeper(config.timeouts, self._live)
         # TLS and PROXY run before the handler (None when neither is configured).
         self._preamble = Preamble.from_config(config, timeouts_fired=self._keeper.fired)
@@ -149,6 +150,15 @@ class Server:
         """
         return connection_snapshots(self)
 
+    def live_connections(self) -> list[ConnectionRecord]:
+        """The live connections, in id order, as the server tracks them (a new list).
+
+        For tools that page or watch them (``triosrv.diagnostics``); the objects are
+        live, not copies: read them, don't change them. :meth:`connections` gives
+        frozen snapshots.
+        """
+        return list(self._live.values())
+
     def shutdown(self, grace: float | None = None) -> None:
         """Start the graceful shutdown; returns at once (idempotent).
 
@@ -207,7 +217,9 @@ class Server:
             self._rejected += 1
             await trio.aclose_forcefully(stream)
             return None
-        conn = Connection(stream, peer=peer, local=local, recv_size=self.config.limits.recv_size)
+        conn = StreamConnection(
+            stream, peer=peer, local=local, recv_size=self.config.limits.recv_size
+        )
         backend.start_connection(conn)
         return conn
 
@@ -318,7 +330,7 @@ class Server:
         )
         return pause
 
-    def _track(self, conn: LiveConnection) -> None:
+    def _track(self, conn: ConnectionRecord) -> None:
         """Give ``conn`` its id and count it live."""
         self._next_id += 1
         conn.id = self._next_id
@@ -327,7 +339,7 @@ class Server:
         if len(self._live) > self._peak:
             self._peak = len(self._live)
 
-    def _untrack(self, conn: LiveConnection) -> None:
+    def _untrack(self, conn: ConnectionRecord) -> None:
         """``conn`` has ended: count it, free its slot, wake the drain when all are done."""
         del self._live[conn.id]
         self._completed += 1
@@ -339,14 +351,14 @@ class Server:
         if self._all_done is not None and not self._live:
             self._all_done.set()
 
-    def _count_broken(self, conn: LiveConnection, exc: BaseException) -> None:
+    def _count_broken(self, conn: ConnectionRecord, exc: BaseException) -> None:
         """The peer went away or a timeout fired (already counted by the keeper)."""
         if not isinstance(exc, ConnectionTimeout) and conn.timed_out is None:
             self._broken += 1
         logger.debug("connection %d from %s ended: %s", conn.id, conn.peer, exc)
 
     def _count_failure(
-        self, conn: LiveConnection, exc: BaseException, raised: BaseException | None = None
+        self, conn: ConnectionRecord, exc: BaseException, raised: BaseException | None = None
     ) -> None:
         """The handler (or protocol) raised ``exc``: count and log it with the peer, or
         re-raise ``raised`` (default ``exc``) with ``handler_errors="raise"``."""

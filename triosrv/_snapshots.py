@@ -3,9 +3,10 @@
 A snapshot is built from any connection object that has the attributes of
 :class:`triosrv.Connection` (``id``, ``peer``, ``local``, ``started_at``,
 ``bytes_received``, ``bytes_sent``, ``draining``) and, optionally, the deadline
-bookkeeping the deadline keeper reads (``_waiting``, ``_waiting_since``,
-``_next_deadline(timeouts)``). Every backend's connections qualify; an object without
-the deadline bookkeeping simply reports no wait and no deadline.
+bookkeeping the deadline keeper reads (``waiting``, ``waiting_since``,
+``next_timeout(timeouts)``, as :class:`triosrv.lowlevel.ConnectionRecord` has them).
+Every backend's connections qualify; an object without the deadline bookkeeping simply
+reports no wait and no deadline.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import trio
 if TYPE_CHECKING:
     from ._config import Timeouts
 
-# The values of Connection._waiting (see _connection.py): not waiting, receive, send.
+# The values of ConnectionRecord.waiting (lowlevel/_record.py): not waiting, receive, send.
 _WAIT_NAMES = {1: "receive", 2: "send"}
 
 
@@ -53,11 +54,11 @@ class ConnectionSnapshot:
 
 def snapshot_connection(conn: Any, timeouts: Timeouts | None, now: float) -> ConnectionSnapshot:
     """A snapshot of ``conn`` at ``now`` (a ``trio.current_time()`` value)."""
-    waiting = _WAIT_NAMES.get(getattr(conn, "_waiting", 0))
-    idle_for = now - conn._waiting_since if waiting is not None else 0.0
+    waiting = _WAIT_NAMES.get(getattr(conn, "waiting", 0))
+    idle_for = now - conn.waiting_since if waiting is not None else 0.0
     kind: str | None = None
     left: float | None = None
-    next_deadline = getattr(conn, "_next_deadline", None)
+    next_deadline = getattr(conn, "next_timeout", None)
     if timeouts is not None and next_deadline is not None:
         due, found = next_deadline(timeouts)
         if found and not math.isinf(due):
@@ -80,11 +81,11 @@ def snapshot_connection(conn: Any, timeouts: Timeouts | None, now: float) -> Con
 def connection_snapshots(server: Any, *, now: float | None = None) -> list[ConnectionSnapshot]:
     """Snapshots of every live connection of ``server``, by id.
 
-    The same as ``server.connections()``; kept for code that takes any object with
-    the live mapping ``_live`` and a ``config.timeouts``. Call it from inside the
-    server's trio run (``now`` defaults to ``trio.current_time()``).
+    The same as ``server.connections()``; takes any object with the method
+    ``live_connections()`` and a ``config.timeouts``. Call it from inside the server's
+    trio run (``now`` defaults to ``trio.current_time()``).
     """
     when = trio.current_time() if now is None else now
     timeouts = getattr(getattr(server, "config", None), "timeouts", None)
-    conns: Iterable[Any] = list(server._live.values())
+    conns: Iterable[Any] = server.live_connections()
     return sorted((snapshot_connection(conn, timeouts, when) for conn in conns), key=lambda s: s.id)

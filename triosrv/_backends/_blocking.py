@@ -41,20 +41,21 @@ logger = logging.getLogger("triosrv")
 class ThreadConnection(ConnectionRecord):
     """A connection served by a thread (see :class:`ConnectionRecord`)."""
 
-    __slots__ = ("_shut", "sock")
+    __slots__ = ("shut", "sock")
 
     def __init__(self, sock: socket.socket, *, peer: str, local: str, now: float) -> None:
         super().__init__(peer=peer, local=local, started_at=now)
         self.sock = sock
-        self._shut = False
-        self._waiting = NOT_WAITING
+        self.shut = False
+        self.waiting = NOT_WAITING
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Wake whatever blocking call the thread is in: ``shutdown(SHUT_RDWR)``."""
         # From the trio thread, while the fd is still open (it is closed only after
-        # the thread returned): wake whatever blocking call the thread is in.
-        if self._shut:
+        # the thread returned).
+        if self.shut:
             return
-        self._shut = True
+        self.shut = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError as exc:
@@ -95,7 +96,7 @@ class BlockingBackend(AcceptingBackend):
         try:
             try:
                 broken = await run_sync_interruptible(
-                    serve, conn._stop, name=f"triosrv connection {conn.id}"
+                    serve, conn.stop, name=f"triosrv connection {conn.id}"
                 )
             except BaseException as exc:
                 if not is_handler_failure(exc):
@@ -122,7 +123,7 @@ class BlockingBackend(AcceptingBackend):
         answer = answer_method(protocol)
         answer_size = max(SEND_SIZE, recv_size)  # no receive is longer: see answer()
         pending: bytes | None = None  # an answer still to send
-        while not conn._shut:
+        while not conn.shut:
             if pending is None:
                 out = protocol.data_to_send(SEND_SIZE)
             else:
@@ -131,28 +132,28 @@ class BlockingBackend(AcceptingBackend):
                 with memoryview(out) as view:
                     sent = 0
                     while sent < len(view):
-                        conn._waiting_since = clock() + offset
-                        conn._waiting = SENDING
+                        conn.waiting_since = clock() + offset
+                        conn.waiting = SENDING
                         try:
                             n = send(view[sent:])
                         except OSError as exc:
-                            return None if conn._shut else exc
+                            return None if conn.shut else exc
                         finally:
-                            conn._waiting = NOT_WAITING
+                            conn.waiting = NOT_WAITING
                         sent += n
                         conn.bytes_sent += n
             elif protocol.close_after_flush:
                 return None
             else:
-                conn._waiting_since = clock() + offset
-                conn._waiting = RECEIVING
+                conn.waiting_since = clock() + offset
+                conn.waiting = RECEIVING
                 try:
                     data = recv(recv_size)
                 except OSError as exc:
-                    return None if conn._shut else exc
+                    return None if conn.shut else exc
                 finally:
-                    conn._waiting = NOT_WAITING
-                if conn._shut:
+                    conn.waiting = NOT_WAITING
+                if conn.shut:
                     return None  # that b"" was our own shutdown, not the peer's EOF
                 conn.bytes_received += len(data)
                 reply = answer(data, answer_size) if answer is not None and data else None

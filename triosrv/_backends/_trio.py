@@ -36,9 +36,8 @@ class TrioBackend(AcceptingBackend):
 
     def start_connection(self, conn: Connection) -> None:
         """Track ``conn`` and run the handler on it in a task of its own."""
-        # The scope exists before the task runs: a timeout the keeper fires in between
-        # (the loop stalled past ``lifetime``) cancels it, and trio remembers that.
-        conn._cancel_scope = trio.CancelScope()
+        # conn.cancel_scope exists before the task runs: a timeout the keeper fires in
+        # between (the loop stalled past ``lifetime``) cancels it, and trio remembers.
         self.server._track(conn)
         self._conn_nursery.start_soon(
             self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
@@ -51,14 +50,13 @@ class TrioBackend(AcceptingBackend):
     async def _run_connection(self, conn: Connection) -> None:
         preamble = self.server._preamble
         try:
-            assert conn._cancel_scope is not None
-            with conn._cancel_scope:
+            with conn.cancel_scope:
                 conn.task = trio.lowlevel.current_task()
                 if preamble is None or await preamble.run(conn):
                     await self._call_handler(conn)
         finally:
             self.server._untrack(conn)
-            await conn._aclose_forcefully()
+            await trio.aclose_forcefully(conn)
 
     async def _call_handler(self, conn: Connection) -> None:
         try:

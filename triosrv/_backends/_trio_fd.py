@@ -33,17 +33,18 @@ SPIN_LIMIT = 16
 class FdConnection(ConnectionRecord):
     """A connection served by the ``trio-fd`` backend (see :class:`ConnectionRecord`)."""
 
-    __slots__ = ("_cancel_scope", "fd", "sock")
+    __slots__ = ("cancel_scope", "fd", "sock")
 
     def __init__(self, sock: socket.socket, *, peer: str, local: str, now: float) -> None:
         super().__init__(peer=peer, local=local, started_at=now)
         self.sock = sock
         self.fd = sock.fileno()
-        self._waiting = NOT_WAITING
-        self._cancel_scope = trio.CancelScope()
+        self.waiting = NOT_WAITING
+        self.cancel_scope = trio.CancelScope()
 
-    def _stop(self) -> None:
-        self._cancel_scope.cancel()
+    def stop(self) -> None:
+        """Cancel the connection's task (see :meth:`ConnectionRecord.stop`)."""
+        self.cancel_scope.cancel()
 
 
 class TrioFdBackend(AcceptingBackend):
@@ -62,7 +63,7 @@ class TrioFdBackend(AcceptingBackend):
     @trio.lowlevel.enable_ki_protection  # a real Ctrl-C goes to the main task
     async def _run_connection(self, conn: FdConnection) -> None:
         try:
-            with conn._cancel_scope:
+            with conn.cancel_scope:
                 try:
                     protocol = self.protocol_factory()
                     await self._drive(conn, protocol)
@@ -133,8 +134,8 @@ class TrioFdBackend(AcceptingBackend):
                 await trio.lowlevel.checkpoint()
 
     async def _wait_and_read(self, conn: FdConnection, recv_size: int) -> bytes | None:
-        conn._waiting_since = trio.current_time()
-        conn._waiting = RECEIVING
+        conn.waiting_since = trio.current_time()
+        conn.waiting = RECEIVING
         try:
             while True:
                 await wait_readable(conn.fd)
@@ -146,19 +147,19 @@ class TrioFdBackend(AcceptingBackend):
                     self.server._count_broken(conn, exc)
                     return None
         finally:
-            conn._waiting = NOT_WAITING
+            conn.waiting = NOT_WAITING
 
     async def _send_rest(self, conn: FdConnection, out: bytes, sent: int) -> bool:
         # Wait until the peer takes the rest; False if the connection broke.
         with memoryview(out) as view:
             total = len(view)
             while sent < total:
-                conn._waiting_since = trio.current_time()
-                conn._waiting = SENDING
+                conn.waiting_since = trio.current_time()
+                conn.waiting = SENDING
                 try:
                     await wait_writable(conn.fd)
                 finally:
-                    conn._waiting = NOT_WAITING
+                    conn.waiting = NOT_WAITING
                 try:
                     n = os.write(conn.fd, view[sent:])
                 except BlockingIOError:

@@ -56,7 +56,7 @@ def _plain(value: Any) -> Any:
 def _page(server: Any, offset: int, limit: int) -> tuple[list[Any], int]:
     # The live table is a dict filled in id order (ids only grow), so its values are
     # already sorted by id: a page is a slice, not a sort of every connection.
-    live = list(server._live.values())
+    live = server.live_connections()
     return live[offset : offset + limit], len(live)
 
 

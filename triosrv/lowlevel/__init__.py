@@ -29,14 +29,17 @@ from ._multiplexers import (
     SelectMultiplexer,
 )
 from ._nonblocking import NonblockingMultiplexer, TryEveryFd
-from ._record import ConnectionRecord
+from ._record import NOT_WAITING, RECEIVING, SENDING, ConnectionRecord
 from ._threads import run_sync_interruptible
 
 __all__ = [
     "ERRORS",
     "FD_SETSIZE",
+    "NOT_WAITING",
     "PEER_CLOSED",
     "READABLE",
+    "RECEIVING",
+    "SENDING",
     "WRITABLE",
     "ConnectionRecord",
     "EpollMultiplexer",

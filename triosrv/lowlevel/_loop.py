@@ -177,11 +177,9 @@ class LoopConnection(ConnectionRecord):
         # A chunk shorter than this makes the size shrink (0: it is as small as it gets).
         self.read_low = size // 4 if size > READ_SIZE_MIN else 0
 
-    def _stop(self) -> None:
-        loop = self._loop
-        loop._expired.append(self)
-        loop._attention = True
-        loop.mux.wakeup()
+    def stop(self) -> None:
+        """Have the loop close this connection at its next pass."""
+        self._loop.close_soon(self)
 
 
 class EventLoop:
@@ -228,6 +226,12 @@ class EventLoop:
     def stop_accepting(self) -> None:
         """Stop watching the listeners at the next pass; ``not_accepting`` is set then."""
         self._stopping = True
+        self._attention = True
+        self.mux.wakeup()
+
+    def close_soon(self, conn: LoopConnection) -> None:
+        """Close ``conn`` at the next pass (from another task: a timeout fired)."""
+        self._expired.append(conn)
         self._attention = True
         self.mux.wakeup()
 
@@ -358,7 +362,7 @@ class EventLoop:
                     self._send_replies(replies, now)
                 self._received(conn, data, now)
             else:
-                conn._waiting_since = now  # nothing to say: a new wait for the peer
+                conn.waiting_since = now  # nothing to say: a new wait for the peer
         if replies:
             self._send_replies(replies, now)
 
@@ -383,7 +387,7 @@ class EventLoop:
                 conn.pending = memoryview(out)[sent:]
                 self._want_to_send(conn, now, progressed=sent > 0)
                 continue
-            conn._waiting_since = now  # a new wait for the peer starts now
+            conn.waiting_since = now  # a new wait for the peer starts now
         replies.clear()
 
     def _late_reply(self, conn: LoopConnection, out: bytes) -> None:
@@ -471,9 +475,9 @@ class EventLoop:
                     if not conn.reading:
                         conn.reading = True
                         conn.fast = conn.answer
-                        conn._waiting = RECEIVING
+                        conn.waiting = RECEIVING
                         self.mux.modify(conn.fd, READABLE)
-                    conn._waiting_since = now
+                    conn.waiting_since = now
                     return
         except BaseException as exc:  # a protocol's SystemExit too (_isolation.py)
             self._failed(conn, exc)
@@ -485,11 +489,11 @@ class EventLoop:
         if conn.reading:
             conn.reading = False
             conn.fast = None
-            conn._waiting = SENDING
-            conn._waiting_since = now
+            conn.waiting = SENDING
+            conn.waiting_since = now
             self.mux.modify(conn.fd, WRITABLE)
         elif progressed:
-            conn._waiting_since = now
+            conn.waiting_since = now
 
     # -- accepting ----------------------------------------------------------------
 
