@@ -19,7 +19,7 @@ buffer never holds more than the largest limit asked for, plus one chunk.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import trio
 
@@ -212,7 +212,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         """
         if not delimiter:
             raise ValueError("delimiter must not be empty")
-        return LineIterator(self, delimiter, max_length)
+        return LineIterator(self._receive_until, delimiter, max_length)
 
     # -- sending and closing: straight to the wrapped stream -------------------------
 
@@ -255,10 +255,16 @@ class BufferedStream(trio.abc.HalfCloseableStream):
 class LineIterator(AsyncIterator[bytes]):
     """The async iterator of :meth:`BufferedStream.lines`."""
 
-    __slots__ = ("_delimiter", "_max_length", "_stream")
+    __slots__ = ("_delimiter", "_max_length", "_receive_until")
 
-    def __init__(self, stream: BufferedStream, delimiter: bytes, max_length: int) -> None:
-        self._stream = stream
+    def __init__(
+        self,
+        receive_until: Callable[[bytes, int], Awaitable[bytes | None]],
+        delimiter: bytes,
+        max_length: int,
+    ) -> None:
+        # The stream's own bound method: the iterator needs nothing else of it.
+        self._receive_until = receive_until
         self._delimiter = delimiter
         self._max_length = max_length
 
@@ -266,7 +272,7 @@ class LineIterator(AsyncIterator[bytes]):
         return self
 
     async def __anext__(self) -> bytes:
-        line = await self._stream._receive_until(self._delimiter, self._max_length)
+        line = await self._receive_until(self._delimiter, self._max_length)
         if line is None:
             raise StopAsyncIteration
         return line

@@ -201,5 +201,5 @@ def _begin_drain(server: Server, reason: str) -> None:
         "%s: shutting down, draining %d connection(s) for up to %s s",
         reason,
         stats.active,
-        "inf" if server._grace is None else f"{server._grace:g}",
+        "inf" if server.grace is None else f"{server.grace:g}",
     )

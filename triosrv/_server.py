@@ -8,9 +8,11 @@ The tree (DESIGN.md), as the default ``trio`` backend fills it::
      |   +- connection task ...           runs the handler in the connection's scope
      +- listener nursery                  one accept loop per listening socket
 
-The Server owns what every design shares (the state machine, admission counters, the
-live-connection table, the deadline keeper, drain, statistics); a backend
-(``_backends/``, chosen by ``ServerConfig.backend``) accepts and serves. The loop
+The Server owns what every design shares: the state machine, its listeners (bound
+when it starts), drain and statistics; its :class:`~triosrv._host.ServerHost` keeps
+admission, the counters, the live-connection table and the deadline keeper. A backend
+(``_backends/``, chosen by ``ServerConfig.backend``) accepts and serves, and reaches
+the server only through that host's public methods (the ``BackendHost`` protocol). The loop
 backends put one task in the connection nursery instead of one per connection; the
 ``blocking`` backend's connection tasks each wait for a thread.
 
@@ -22,10 +24,8 @@ refuses newcomers at once; running connections are told (``conn.draining``) and 
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
-import socket
 from collections.abc import Mapping
 from typing import Literal
 
@@ -38,12 +38,11 @@ from ._backends._trio import TrioBackend
 from ._blocking_detector import BlockingDetector
 from ._config import ServerConfig
 from ._connection import Connection, StreamConnection
-from ._deadlines import DeadlineKeeper
-from ._errors import TIMEOUT_KINDS, ConnectionTimeout
+from ._errors import TIMEOUT_KINDS
 from ._handlers import Handler as Handler  # re-exported: tests and tools import it here
-from ._isolation import LOG_LIMIT, RESOURCE_ERRNOS, accept_error_pause, rate_limited
-from ._listeners import Listener, configure_accepted, format_local, format_peer, open_listeners
-from ._preamble import Preamble
+from ._host import ServerHost
+from ._isolation import LOG_LIMIT
+from ._listeners import Listener, open_listeners
 from ._snapshots import ConnectionSnapshot, connection_snapshots
 from .lowlevel import ConnectionRecord
 
@@ -87,28 +86,18 @@ class Server:
 
     def __init__(self, handler: Handler, config: ServerConfig) -> None:
         self.config = config
-        self._handler = handler
+        #: Where it listens (``tcp://HOST:PORT``, ``unix:PATH``), once started.
+        self.addresses: list[str] = []
         self._listeners: list[Listener] = []
+        self._host = ServerHost(config, self._listeners)
         self._state: Literal["starting", "serving", "draining", "closed"] = "starting"
-        self._live: dict[int, ConnectionRecord] = {}
-        self._keeper = DeadlineKeeper(config.timeouts, self._live)
-        # TLS and PROXY run before the handler (None when neither is configured).
-        self._preamble = Preamble.from_config(config, timeouts_fired=self._keeper.fired)
-        self._next_id = 0
-        self._peak = self._accepted = self._rejected = self._completed = 0
-        self._handler_errors = self._broken = self._accept_errors = self._shed = 0
-        self._refused_fd_setsize = 0
-        self._reserve: FdReserve | None = None
         self._blocking: BlockingDetector | None = None
-        self._closed_bytes_in = self._closed_bytes_out = 0
-        self._slot_freed: trio.Event | None = None
-        self._all_done: trio.Event | None = None
         self._closed = trio.Event()
         self._grace = config.timeouts.grace
         self._listen_scope: trio.CancelScope | None = None
+        self._drain_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
-        self.addresses: list[str] = []
-        self._backend = make_backend(self, handler)
+        self._backend = make_backend(self._host, handler)
 
     # -- public -------------------------------------------------------------------
 
@@ -117,27 +106,34 @@ class Server:
         """``"starting"``, ``"serving"``, ``"draining"`` or ``"closed"``."""
         return self._state
 
+    @property
+    def grace(self) -> float | None:
+        """The drain's grace in seconds (None: no limit): ``Timeouts.grace``, or what
+        :meth:`shutdown` set."""
+        return self._grace
+
     def statistics(self) -> ServerStatistics:
         """A frozen snapshot of the counters; cheap enough to call often."""
-        live = self._live.values()
+        host = self._host
+        live = host.live.values()
         return ServerStatistics(
             state=self._state,
-            active=len(self._live),
-            peak_active=self._peak,
-            accepted=self._accepted,
-            rejected=self._rejected,
-            completed=self._completed,
-            handler_errors=self._handler_errors,
-            broken=self._broken,
-            timeouts={kind: self._keeper.fired[kind] for kind in TIMEOUT_KINDS},
-            bytes_received=self._closed_bytes_in + sum(c.bytes_received for c in live),
-            bytes_sent=self._closed_bytes_out + sum(c.bytes_sent for c in live),
-            accept_errors=self._accept_errors,
-            shed=self._shed,
-            handshake_failures=dict(self._preamble.failures) if self._preamble else {},
+            active=len(live),
+            peak_active=host.peak,
+            accepted=host.accepted,
+            rejected=host.rejected,
+            completed=host.completed,
+            handler_errors=host.handler_errors,
+            broken=host.broken,
+            timeouts={kind: host.keeper.fired[kind] for kind in TIMEOUT_KINDS},
+            bytes_received=host.closed_bytes_received + sum(c.bytes_received for c in live),
+            bytes_sent=host.closed_bytes_sent + sum(c.bytes_sent for c in live),
+            accept_errors=host.accept_errors,
+            shed=host.shed,
+            handshake_failures=dict(host.preamble.failures) if host.preamble else {},
             blocking_warnings=self._blocking.count if self._blocking else 0,
             backend=self.config.backend,
-            refused_fd_setsize=self._refused_fd_setsize,
+            refused_fd_setsize=host.refused_fd_setsize,
         )
 
     def connections(self) -> list[ConnectionSnapshot]:
@@ -157,7 +153,7 @@ class Server:
         live, not copies: read them, don't change them. :meth:`connections` gives
         frozen snapshots.
         """
-        return list(self._live.values())
+        return list(self._host.live.values())
 
     def shutdown(self, grace: float | None = None) -> None:
         """Start the graceful shutdown; returns at once (idempotent).
@@ -171,8 +167,7 @@ class Server:
         if self._state in ("starting", "serving"):
             self._grace = self.config.timeouts.grace if grace is None else grace
             self._state = "draining"
-            for conn in self._live.values():
-                conn.draining = True
+            self._host.start_draining()
             if self._listen_scope is not None:
                 self._listen_scope.cancel()
                 if self._backend.closes_listeners_at_once:
@@ -209,12 +204,12 @@ class Server:
             await trio.aclose_forcefully(stream)
             raise trio.ClosedResourceError("server is not serving")
         if self.config.limits.overload == "wait":
-            await self._wait_for_slot()
+            await self._host.wait_for_slot()
             if self._state not in ("serving", "starting"):  # shut down while we waited
                 await trio.aclose_forcefully(stream)
                 raise trio.ClosedResourceError("server is not serving")
-        elif len(self._live) >= self.config.limits.max_connections:
-            self._rejected += 1
+        elif self._host.is_full():
+            self._host.rejected += 1
             await trio.aclose_forcefully(stream)
             return None
         conn = StreamConnection(
@@ -225,14 +220,35 @@ class Server:
 
     # -- the tree -------------------------------------------------------------------
 
-    _drain_scope: trio.CancelScope | None = None
-
     async def _run(self, task_status: trio.TaskStatus[Server]) -> None:
+        # Bind first: a BindError is raised before started(), with nothing to undo.
+        config = self.config
+        self._listeners.extend(
+            open_listeners(
+                config.bind_specs,
+                backlog=config.backlog,
+                unix_mode=config.unix_mode,
+                reuse_port=config.reuse_port,
+            )
+        )
+        self.addresses = [listener.address for listener in self._listeners]
+        if config.warn_blocking is None:
+            await self._serve(task_status)
+            return
+        self._blocking = BlockingDetector(config.warn_blocking)
+        trio.lowlevel.add_instrument(self._blocking)
         try:
-            self._reserve = FdReserve()
+            await self._serve(task_status)
+        finally:
+            trio.lowlevel.remove_instrument(self._blocking)
+
+    async def _serve(self, task_status: trio.TaskStatus[Server]) -> None:
+        host = self._host
+        try:
+            host.reserve = FdReserve()
             async with trio.open_nursery() as conn_nursery:
                 self._conn_nursery = conn_nursery
-                conn_nursery.start_soon(self._keeper.run, name="triosrv deadline keeper")
+                conn_nursery.start_soon(host.keeper.run, name="triosrv deadline keeper")
                 async with trio.open_nursery() as listen_nursery:
                     self._listen_scope = listen_nursery.cancel_scope
                     await self._backend.start(listen_nursery, conn_nursery)
@@ -250,23 +266,21 @@ class Server:
                 conn_nursery.cancel_scope.cancel()
         finally:
             self._close_listeners()
-            if self._reserve is not None:
-                self._reserve.close()
+            if host.reserve is not None:
+                host.reserve.close()
             LOG_LIMIT.flush()  # what the log left out says so before we are gone
             self._state = "closed"
             self._closed.set()
 
     async def _drain(self) -> None:
         self._state = "draining"
-        for conn in self._live.values():
-            conn.draining = True
+        host = self._host
+        host.start_draining()
         grace = math.inf if self._grace is None else self._grace
-        at_start = len(self._live)
+        at_start = len(host.live)
         with trio.move_on_after(grace) as self._drain_scope:
-            while self._live:
-                self._all_done = trio.Event()
-                await self._all_done.wait()
-        cancelled = len(self._live)
+            await host.wait_all_closed()
+        cancelled = len(host.live)
         if at_start:
             logger.info(
                 "drain: %d connection(s) finished within grace, %d cancelled",
@@ -279,99 +293,6 @@ class Server:
             if listener.sock.fileno() != -1:
                 trio.lowlevel.notify_closing(listener.sock)
             listener.close()
-
-    async def _wait_for_slot(self) -> None:
-        limit = self.config.limits.max_connections
-        while len(self._live) >= limit:
-            if self._slot_freed is None:
-                self._slot_freed = trio.Event()
-            await self._slot_freed.wait()
-
-    # -- what every backend reports to the server (see _backends/_base.py) -----------
-
-    def _admit(self, sock: socket.socket, addr: object) -> tuple[str, str] | None:
-        """Count an accepted socket, reject it when full (``overload="reject"``),
-        configure it; return (peer, local), or None once it is closed."""
-        self._accepted += 1
-        if len(self._live) >= self.config.limits.max_connections:
-            self._rejected += 1
-            sock.close()
-            return None
-        try:
-            configure_accepted(sock)
-            return format_peer(sock, addr), format_local(sock)
-        except OSError:  # the peer reset before we looked at it: nothing to serve
-            self._broken += 1
-            sock.close()
-            return None
-
-    def _accept_failed(self, listener: Listener, exc: OSError) -> float:
-        """accept() failed: count it, shed the queue on EMFILE/ENFILE (see
-        ``_accept.py``), log (rate-limited); return how long to pause. Never raises:
-        no accept error ends the server (see ``_isolation.py``)."""
-        self._accept_errors += 1
-        pause = accept_error_pause(exc)
-        if pause == 0:  # one queued connection died before we took it: next one
-            logger.debug("accept on %s: %s; retrying", listener.address, exc.strerror)
-            return pause
-        shed = 0
-        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._reserve is not None:
-            shed = self._reserve.shed(listener.sock)
-            self._shed += shed
-        what = "out of resources" if exc.errno in RESOURCE_ERRNOS else "unexpected error"
-        logger.warning(
-            "accept on %s: %s (%s); closed %d queued connection(s), pausing %g s",
-            listener.address,
-            exc.strerror or exc,
-            what,
-            shed,
-            pause,
-            extra=rate_limited("accept_error"),
-        )
-        return pause
-
-    def _track(self, conn: ConnectionRecord) -> None:
-        """Give ``conn`` its id and count it live."""
-        self._next_id += 1
-        conn.id = self._next_id
-        conn.draining = self._state == "draining"
-        self._live[conn.id] = conn
-        if len(self._live) > self._peak:
-            self._peak = len(self._live)
-
-    def _untrack(self, conn: ConnectionRecord) -> None:
-        """``conn`` has ended: count it, free its slot, wake the drain when all are done."""
-        del self._live[conn.id]
-        self._completed += 1
-        self._closed_bytes_in += conn.bytes_received
-        self._closed_bytes_out += conn.bytes_sent
-        if self._slot_freed is not None:
-            self._slot_freed.set()
-            self._slot_freed = None
-        if self._all_done is not None and not self._live:
-            self._all_done.set()
-
-    def _count_broken(self, conn: ConnectionRecord, exc: BaseException) -> None:
-        """The peer went away or a timeout fired (already counted by the keeper)."""
-        if not isinstance(exc, ConnectionTimeout) and conn.timed_out is None:
-            self._broken += 1
-        logger.debug("connection %d from %s ended: %s", conn.id, conn.peer, exc)
-
-    def _count_failure(
-        self, conn: ConnectionRecord, exc: BaseException, raised: BaseException | None = None
-    ) -> None:
-        """The handler (or protocol) raised ``exc``: count and log it with the peer, or
-        re-raise ``raised`` (default ``exc``) with ``handler_errors="raise"``."""
-        self._handler_errors += 1
-        if self.config.handler_errors == "raise":
-            raise raised or exc
-        logger.error(
-            "handler error on connection %d from %s",
-            conn.id,
-            conn.peer,
-            exc_info=exc,
-            extra=rate_limited("handler_error"),
-        )
 
 
 async def serve(
@@ -402,20 +323,6 @@ async def serve(
     """
     config = config or ServerConfig()
     check_backend(config, handler)
-    server = Server(handler, config)
-    server._listeners = open_listeners(
-        config.bind_specs,
-        backlog=config.backlog,
-        unix_mode=config.unix_mode,
-        reuse_port=config.reuse_port,
-    )
-    server.addresses = [listener.address for listener in server._listeners]
-    if config.warn_blocking is None:
-        await server._run(task_status)
-        return
-    server._blocking = BlockingDetector(config.warn_blocking)
-    trio.lowlevel.add_instrument(server._blocking)
-    try:
-        await server._run(task_status)
-    finally:
-        trio.lowlevel.remove_instrument(server._blocking)
+    # The one call into a Server's privates from outside its methods: running it is
+    # not public API (a Server is built and run by serve() only).
+    await Server(handler, config)._run(task_status)

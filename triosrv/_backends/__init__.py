@@ -14,22 +14,19 @@
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING
 
 from .._config import BACKENDS, ServerConfig
 from .._errors import ConfigError
-from ._base import Backend
+from .._handlers import Handler
+from ._base import Backend, BackendHost
 from ._blocking import BlockingBackend
 from ._single_loop import EpollBackend, NonblockingBackend, PollBackend, SelectBackend
 from ._trio import TrioBackend
 from ._trio_fd import TrioFdBackend
 
-if TYPE_CHECKING:
-    from .._handlers import Handler
-    from .._server import Server
-
 __all__ = [
     "Backend",
+    "BackendHost",
     "TrioBackend",
     "available_backends",
     "check_backend",
@@ -108,6 +105,6 @@ def check_backend(config: ServerConfig, handler: object) -> None:
         )
 
 
-def make_backend(server: Server, handler: Handler) -> Backend:
-    """The backend ``server.config.backend`` names, for ``server``."""
-    return _BY_NAME[server.config.backend](server, handler)  # validated by ServerConfig
+def make_backend(host: BackendHost, handler: Handler) -> Backend:
+    """The backend ``host.config.backend`` names, serving ``handler`` for ``host``."""
+    return _BY_NAME[host.config.backend](host, handler)  # validated by ServerConfig

@@ -4,26 +4,78 @@ The :class:`~triosrv.Server` keeps everything that does not depend on the design
 state machine, admission counters, the live-connection table, the deadline keeper,
 shutdown and drain, statistics. A :class:`Backend` does the rest: it accepts on the
 server's listeners and serves each connection its own way, and reports to the server
-through a handful of private calls (``_admit``, ``_track``, ``_untrack``,
-``_count_broken``, ``_count_failure``, ``_accept_failed``).
+through :class:`BackendHost` -- a protocol of public methods, as
+:class:`triosrv.lowlevel.LoopHost` is to the event loop -- so that no backend knows the
+Server class (nor imports it: the server imports the backends, never the reverse).
 """
 
 from __future__ import annotations
 
 import abc
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+from typing import Protocol as TypingProtocol
 
 import trio
 
+from .._config import ServerConfig
+from .._handlers import Handler
+from .._listeners import Listener
+from .._preamble import Preamble
+from ..lowlevel import ConnectionRecord
 from ..lowlevel._sizes import ACCEPT_BATCH
 from ..protocols import Protocol
 
-if TYPE_CHECKING:
-    from .._handlers import Handler
-    from .._listeners import Listener
-    from .._server import Server
+
+class BackendHost(TypingProtocol):
+    """What a backend needs from the server that runs it (``triosrv._host.ServerHost``).
+
+    Every call is per accept or per connection, never per byte.
+    """
+
+    @property
+    def config(self) -> ServerConfig:
+        """The server's configuration."""
+
+    @property
+    def listeners(self) -> Sequence[Listener]:
+        """The listening sockets to accept on (the server owns and closes them)."""
+
+    @property
+    def preamble(self) -> Preamble | None:
+        """TLS and PROXY steps to run before the handler (``trio`` backend), or None."""
+
+    def is_full(self) -> bool:
+        """True while ``max_connections`` connections are live."""
+
+    async def wait_for_slot(self) -> None:
+        """Return once a connection slot is free (``overload="wait"``)."""
+
+    def admit(self, sock: socket.socket, addr: object) -> tuple[str, str] | None:
+        """Count and configure an accepted socket; return (peer, local), or None if the
+        host closed it (rejected when full, or reset before it could be looked at)."""
+
+    def accept_failed(self, listener: Listener, exc: OSError) -> float:
+        """accept() failed: count and log it; return seconds to pause (never raises)."""
+
+    def count_refused(self) -> int:
+        """Count a connection refused for its fd (select's FD_SETSIZE); return the total."""
+
+    def track(self, conn: ConnectionRecord) -> None:
+        """Start tracking a connection (the host sets its ``id``)."""
+
+    def untrack(self, conn: ConnectionRecord) -> None:
+        """The connection has ended and its fd is closed: stop tracking it."""
+
+    def count_broken(self, conn: ConnectionRecord, exc: BaseException) -> None:
+        """The peer reset or went away, or a timeout ended the connection."""
+
+    def count_failure(
+        self, conn: ConnectionRecord, exc: BaseException, raised: BaseException | None = None
+    ) -> None:
+        """The handler or protocol raised ``exc``: count and log it, or re-raise
+        ``raised`` (default ``exc``) with ``handler_errors="raise"``."""
 
 
 class Backend(abc.ABC):
@@ -36,8 +88,8 @@ class Backend(abc.ABC):
     #: newcomers before shutdown() returns.
     closes_listeners_at_once: ClassVar[bool] = False
 
-    def __init__(self, server: Server, handler: Handler) -> None:
-        self.server = server
+    def __init__(self, host: BackendHost, handler: Handler) -> None:
+        self.host = host
         self.handler = handler
 
     @property
@@ -70,7 +122,7 @@ class AcceptingBackend(Backend):
     async def start(self, listen_nursery: trio.Nursery, conn_nursery: trio.Nursery) -> None:
         """Start one accept loop per listener in ``listen_nursery``."""
         self._conn_nursery = conn_nursery
-        for listener in self.server._listeners:
+        for listener in self.host.listeners:
             listen_nursery.start_soon(
                 self._accept_loop, listener, name=f"triosrv listener {listener.address}"
             )
@@ -80,14 +132,13 @@ class AcceptingBackend(Backend):
         """Serve an admitted, configured socket (start its task in the conn nursery)."""
 
     async def _accept_loop(self, listener: Listener) -> None:
-        server = self.server
+        host = self.host
         sock = listener.sock
-        limits = server.config.limits
-        wait_mode = limits.overload == "wait"
+        wait_mode = host.config.limits.overload == "wait"
         batch = 0
         while True:
-            if wait_mode and len(server._live) >= limits.max_connections:
-                await server._wait_for_slot()
+            if wait_mode and host.is_full():
+                await host.wait_for_slot()
             try:
                 conn_sock, addr = sock.accept()
             except BlockingIOError:
@@ -97,9 +148,9 @@ class AcceptingBackend(Backend):
             except OSError as exc:
                 if sock.fileno() == -1:
                     return  # shutdown() closed the listener while we were runnable
-                await trio.sleep(server._accept_failed(listener, exc))
+                await trio.sleep(host.accept_failed(listener, exc))
                 continue
-            names = server._admit(conn_sock, addr)
+            names = host.admit(conn_sock, addr)
             if names is not None:
                 self.serve_socket(conn_sock, *names)
             batch += 1

@@ -86,7 +86,7 @@ class BlockingBackend(AcceptingBackend):
         """Track the connection and start the task that runs its thread."""
         sock.setblocking(True)
         conn = ThreadConnection(sock, peer=peer, local=local, now=trio.current_time())
-        self.server._track(conn)
+        self.host.track(conn)
         self._conn_nursery.start_soon(
             self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
         )
@@ -101,12 +101,12 @@ class BlockingBackend(AcceptingBackend):
             except BaseException as exc:
                 if not is_handler_failure(exc):
                     raise
-                self.server._count_failure(conn, exc)
+                self.host.count_failure(conn, exc)
             else:
                 if broken is not None:
-                    self.server._count_broken(conn, broken)
+                    self.host.count_broken(conn, broken)
         finally:
-            self.server._untrack(conn)
+            self.host.untrack(conn)
             close_fd(conn.sock)
 
     def _serve_in_thread(
@@ -117,7 +117,7 @@ class BlockingBackend(AcceptingBackend):
         # protocol raises propagates (a handler error).
         protocol = factory()
         recv, send = conn.sock.recv, conn.sock.send
-        recv_size = self.server.config.limits.recv_size
+        recv_size = self.host.config.limits.recv_size
         offset = self._clock_offset
         clock = time.perf_counter
         answer = answer_method(protocol)

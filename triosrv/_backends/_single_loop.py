@@ -11,11 +11,12 @@ from __future__ import annotations
 import abc
 import logging
 import socket
-from typing import TYPE_CHECKING
 
 import trio
 
 from .._config import BACKENDS
+from .._handlers import Handler
+from .._listeners import Listener
 from ..lowlevel import (
     ConnectionRecord,
     EpollMultiplexer,
@@ -25,12 +26,7 @@ from ..lowlevel import (
     PollMultiplexer,
     SelectMultiplexer,
 )
-from ._base import Backend
-
-if TYPE_CHECKING:
-    from .._handlers import Handler
-    from .._listeners import Listener
-    from .._server import Server
+from ._base import Backend, BackendHost
 
 logger = logging.getLogger("triosrv")
 
@@ -42,11 +38,10 @@ REFUSAL_LOG_INTERVAL = 1.0
 class LoopBackend(Backend):
     """One :class:`~triosrv.lowlevel.EventLoop` over the backend's multiplexer."""
 
-    def __init__(self, server: Server, handler: Handler) -> None:
-        super().__init__(server, handler)
+    def __init__(self, host: BackendHost, handler: Handler) -> None:
+        super().__init__(host, handler)
         self.loop: EventLoop | None = None
-        self._wait_mode = server.config.limits.overload == "wait"
-        self._max = server.config.limits.max_connections
+        self._wait_mode = host.config.limits.overload == "wait"
         self._listener_by_fd: dict[int, Listener] = {}
         self._last_refusal_log = -float("inf")
 
@@ -62,11 +57,9 @@ class LoopBackend(Backend):
         factory = self.protocol_factory
         mux = self._make_multiplexer()
         # The server binds its listeners after building the backend: map them now.
-        self._listener_by_fd = {lst.sock.fileno(): lst for lst in self.server._listeners}
-        listeners = [lst.sock for lst in self.server._listeners]
-        loop = EventLoop(
-            self, mux, listeners, factory, recv_size=self.server.config.limits.recv_size
-        )
+        self._listener_by_fd = {lst.sock.fileno(): lst for lst in self.host.listeners}
+        listeners = [lst.sock for lst in self.host.listeners]
+        loop = EventLoop(self, mux, listeners, factory, recv_size=self.host.config.limits.recv_size)
         if isinstance(mux, NonblockingMultiplexer):
             mux.progress = loop.progress
         self.loop = loop
@@ -82,36 +75,35 @@ class LoopBackend(Backend):
 
     def should_accept(self) -> bool:
         """False while full in ``overload="wait"`` mode."""
-        return not (self._wait_mode and len(self.server._live) >= self._max)
+        return not (self._wait_mode and self.host.is_full())
 
     def admit(self, sock: socket.socket, addr: object) -> tuple[str, str] | None:
         """The server's admission: count, reject when full, configure."""
-        return self.server._admit(sock, addr)
+        return self.host.admit(sock, addr)
 
     def opened(self, conn: ConnectionRecord) -> None:
         """Track the connection in the server's table."""
-        self.server._track(conn)
+        self.host.track(conn)
 
     def closed(self, conn: ConnectionRecord) -> None:
         """Untrack the connection."""
-        self.server._untrack(conn)
+        self.host.untrack(conn)
 
     def failed(self, conn: ConnectionRecord, exc: BaseException) -> None:
         """The protocol raised: a handler error."""
-        self.server._count_failure(conn, exc)
+        self.host.count_failure(conn, exc)
 
     def broken(self, conn: ConnectionRecord, exc: OSError) -> None:
         """A socket call failed: the peer went away."""
-        self.server._count_broken(conn, exc)
+        self.host.count_broken(conn, exc)
 
     def accept_failed(self, listener: socket.socket, exc: OSError) -> float:
         """Count, shed on EMFILE, log; return the pause (see _isolation.py)."""
-        return self.server._accept_failed(self._listener_by_fd[listener.fileno()], exc)
+        return self.host.accept_failed(self._listener_by_fd[listener.fileno()], exc)
 
     def refused(self, sock: socket.socket, fd_limit: int) -> None:
         """An fd select() cannot watch: count it; log now and then."""
-        server = self.server
-        server._refused_fd_setsize += 1
+        refused = self.host.count_refused()
         now = trio.current_time()
         if now - self._last_refusal_log < REFUSAL_LOG_INTERVAL:
             return
@@ -122,7 +114,7 @@ class LoopBackend(Backend):
             "select() can watch (%d refused so far); the %s backends have no such limit",
             sock.fileno(),
             fd_limit,
-            server._refused_fd_setsize,
+            refused,
             others,
         )
 
@@ -160,4 +152,4 @@ class NonblockingBackend(LoopBackend):
     name = "nonblocking"
 
     def _make_multiplexer(self) -> Multiplexer:
-        return NonblockingMultiplexer(self.server.config.nonblocking_interval)
+        return NonblockingMultiplexer(self.host.config.nonblocking_interval)

@@ -29,16 +29,16 @@ class TrioBackend(AcceptingBackend):
 
     def serve_socket(self, sock: socket.socket, peer: str, local: str) -> None:
         """Wrap ``sock`` in a Connection and start its task."""
-        preamble = self.server._preamble
+        preamble = self.host.preamble
         open_connection = preamble.open_connection if preamble else SocketConnection
-        recv_size = self.server.config.limits.recv_size
+        recv_size = self.host.config.limits.recv_size
         self.start_connection(open_connection(sock, peer=peer, local=local, recv_size=recv_size))
 
     def start_connection(self, conn: Connection) -> None:
         """Track ``conn`` and run the handler on it in a task of its own."""
         # conn.cancel_scope exists before the task runs: a timeout the keeper fires in
         # between (the loop stalled past ``lifetime``) cancels it, and trio remembers.
-        self.server._track(conn)
+        self.host.track(conn)
         self._conn_nursery.start_soon(
             self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
         )
@@ -48,21 +48,21 @@ class TrioBackend(AcceptingBackend):
     # count it as that handler's error (_isolation.py).
     @trio.lowlevel.enable_ki_protection
     async def _run_connection(self, conn: Connection) -> None:
-        preamble = self.server._preamble
+        preamble = self.host.preamble
         try:
             with conn.cancel_scope:
                 conn.task = trio.lowlevel.current_task()
                 if preamble is None or await preamble.run(conn):
                     await self._call_handler(conn)
         finally:
-            self.server._untrack(conn)
+            self.host.untrack(conn)
             await trio.aclose_forcefully(conn)
 
     async def _call_handler(self, conn: Connection) -> None:
         try:
             await self.handler(conn)
         except (ConnectionTimeout, trio.BrokenResourceError) as exc:
-            self.server._count_broken(conn, exc)
+            self.host.count_broken(conn, exc)
         except BaseExceptionGroup as group:
             # A handler with a nursery of its own: a timeout in one of its tasks comes
             # out grouped with its siblings' Cancelled. The Cancelled belongs to a scope
@@ -72,9 +72,9 @@ class TrioBackend(AcceptingBackend):
             if rest is not None:
                 expected, unexpected = rest.split((ConnectionTimeout, trio.BrokenResourceError))
                 if unexpected is None:
-                    self.server._count_broken(conn, expected or rest)
+                    self.host.count_broken(conn, expected or rest)
                 else:
-                    self.server._count_failure(conn, unexpected, rest)
+                    self.host.count_failure(conn, unexpected, rest)
             if cancelled is not None:
                 raise cancelled from None
         except BaseException as exc:
@@ -82,4 +82,4 @@ class TrioBackend(AcceptingBackend):
             # connection like any other error; Cancelled belongs to a scope above.
             if not is_handler_failure(exc):
                 raise
-            self.server._count_failure(conn, exc, exc)
+            self.host.count_failure(conn, exc, exc)

@@ -55,7 +55,7 @@ class TrioFdBackend(AcceptingBackend):
     def serve_socket(self, sock: socket.socket, peer: str, local: str) -> None:
         """Track the connection and start its task."""
         conn = FdConnection(sock, peer=peer, local=local, now=trio.current_time())
-        self.server._track(conn)
+        self.host.track(conn)
         self._conn_nursery.start_soon(
             self._run_connection, conn, name=f"triosrv connection {conn.id} from {conn.peer}"
         )
@@ -70,9 +70,9 @@ class TrioFdBackend(AcceptingBackend):
                 except BaseException as exc:
                     if not is_handler_failure(exc):
                         raise
-                    self.server._count_failure(conn, exc)
+                    self.host.count_failure(conn, exc)
         finally:
-            self.server._untrack(conn)
+            self.host.untrack(conn)
             close_fd(conn.sock)
 
     async def _drive(self, conn: FdConnection, protocol: Protocol) -> None:
@@ -80,7 +80,7 @@ class TrioFdBackend(AcceptingBackend):
         # happen, so an OSError raised by the protocol itself still counts as its bug.
         fd = conn.fd
         read, write = os.read, os.write
-        recv_size = self.server.config.limits.recv_size
+        recv_size = self.host.config.limits.recv_size
         data_to_send, receive_data = protocol.data_to_send, protocol.receive_data
         answer = answer_method(protocol)
         answer_size = max(SEND_SIZE, recv_size)  # no receive is longer: see answer()
@@ -97,7 +97,7 @@ class TrioFdBackend(AcceptingBackend):
                 except BlockingIOError:
                     sent = 0
                 except OSError as exc:
-                    self.server._count_broken(conn, exc)
+                    self.host.count_broken(conn, exc)
                     return
                 conn.bytes_sent += sent
                 if sent < len(out):
@@ -120,7 +120,7 @@ class TrioFdBackend(AcceptingBackend):
                     data = await self._wait_and_read(conn, recv_size)
                     spins = 0
                 except OSError as exc:
-                    self.server._count_broken(conn, exc)
+                    self.host.count_broken(conn, exc)
                     return
                 if data is None:
                     return
@@ -144,7 +144,7 @@ class TrioFdBackend(AcceptingBackend):
                 except BlockingIOError:
                     pass
                 except OSError as exc:
-                    self.server._count_broken(conn, exc)
+                    self.host.count_broken(conn, exc)
                     return None
         finally:
             conn.waiting = NOT_WAITING
@@ -165,7 +165,7 @@ class TrioFdBackend(AcceptingBackend):
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    self.server._count_broken(conn, exc)
+                    self.host.count_broken(conn, exc)
                     return False
                 sent += n
                 conn.bytes_sent += n
