@@ -272,7 +272,7 @@ class Master:
         for i, listener in enumerate(self.listeners):
             if listener.sock.fileno() == -1 and local is not None and local.server is not None:
                 # The local server's listeners are the fd:// binds, in our order.
-                served = local.server._listeners[i].sock
+                served = local.server.listening_sockets[i]
                 if served.fileno() == -1:
                     raise GenerationFailed("the listening sockets are closed already")
                 listener.sock = socket.socket(fileno=os.dup(served.fileno()))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections.abc import Mapping
 from typing import Literal
 
@@ -105,6 +106,15 @@ class Server:
     def state(self) -> str:
         """``"starting"``, ``"serving"``, ``"draining"`` or ``"closed"``."""
         return self._state
+
+    @property
+    def listening_sockets(self) -> list[socket.socket]:
+        """Its listening sockets, in the order of ``config.binds`` (a new list).
+
+        The server owns them: it binds them when it starts and closes them when it
+        stops listening. Read them (``getsockname()``, ``fileno()``), don't close them.
+        """
+        return [listener.sock for listener in self._listeners]
 
     @property
     def grace(self) -> float | None:

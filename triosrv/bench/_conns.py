@@ -21,8 +21,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from . import _load_worker
-from ._load_worker import _open_poller
+from ._load_worker import _EPOLLIN, _EPOLLOUT, _open_poller
 
 if TYPE_CHECKING:
     from ._load_worker import _PollSet
@@ -33,7 +32,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 _PROBE = b"."
 # poll's bits, which are epoll's too (see _load_worker); a peer's FIN or reset also makes
 # the socket readable, so _HUP is only a shortcut where the platform has one.
-_IN, _OUT = _load_worker._EPOLLIN, _load_worker._EPOLLOUT
+_IN, _OUT = _EPOLLIN, _EPOLLOUT
 _HUP = getattr(select, "POLLRDHUP", 0)
 
 
