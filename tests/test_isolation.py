@@ -480,3 +480,15 @@ async def test_isolation_deadline_keeper_survives_a_connection_that_cannot_stop(
         await bad_client.aclose()
         bad_served_conn = bad
         bad_served_conn.cancel_scope.cancel()
+
+
+async def test_isolation_control_error_log_line_is_the_plain_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from triosrv.diagnostics import control_request
+
+    async with server_with_control() as (_server, path):
+        answer = await control_request(path, {"cmd": "status", "limit": -1})
+    assert "limit" in answer["error"]
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("control: ")]
+    assert line == f"control: {answer['error']}"

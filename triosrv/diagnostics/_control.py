@@ -217,7 +217,7 @@ class ControlEndpoint:
             if encoded.startswith(b'{"error":'):
                 logger.warning(
                     "control: %s",
-                    encoded[10:300].decode(errors="replace").rstrip(),
+                    str(json.loads(encoded)["error"])[:300],  # the text, not its JSON
                     extra=rate_limited("control_error"),
                 )
             try:
