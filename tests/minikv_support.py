@@ -75,7 +75,7 @@ class _Process:
                 log = self.read_log().decode(errors="replace")
                 self.stop()
                 raise AssertionError(f"{argv[0]} did not start; log:\n{log}")
-            time.sleep(0.02)
+            time.sleep(0.02)  # real sleep: polling a subprocess's log file until it is ready
 
     def read_log(self) -> bytes:
         if self.log.closed:

@@ -172,7 +172,7 @@ def test_isolation_raise_mode_keeps_trio_semantics_for_system_exit() -> None:
                 port = int(server.addresses[0].rsplit(":", 1)[1])
                 client = await trio.open_tcp_stream("127.0.0.1", port)
                 await client.send_all(b"x")
-                await trio.sleep(10)
+                await trio.sleep(10)  # real sleep: a subprocess; the handler's exit ends it
 
         trio.run(main)
         """
@@ -223,7 +223,7 @@ async def test_isolation_control_write_timeout_drops_a_client_that_never_reads(
             # fires the endpoint closes, and what is buffered ends in EOF.
             with trio.fail_after(10):
                 while await hog.receive_some(1 << 20):
-                    await trio.sleep(0.3)  # read slowly so the server's send blocks
+                    await trio.sleep(0.3)  # real sleep: read slowly so the server's send blocks
 
 
 # -- 4. the status document is paged, capped and built in steps ---------------------
@@ -473,7 +473,7 @@ async def test_isolation_deadline_keeper_survives_a_connection_that_cannot_stop(
             raise RuntimeError("planted failure")
 
         bad.expire = cannot_stop  # type: ignore[method-assign]
-        await trio.sleep(1.5)
+        await trio.sleep(1.5)  # virtual time (autojump_clock): past the idle timeout
         # The keeper went on: the good connection's idle timeout fired and closed it.
         assert await good_client.receive_some() == b""
         assert server.statistics().timeouts["idle"] >= 1
