@@ -70,6 +70,9 @@ class Held:
     sent: int = 0
     received: int = 0
     last_sent: float | None = None  # seconds from the attack's start
+    # The longest silence between two of our sends that the server let pass: an idle
+    # timeout is longer than this, or it would have closed the connection in it.
+    longest_gap: float = 0.0
 
     def ended(self, ctx: AttackContext, how: str) -> None:
         if self.closed_after is None:
