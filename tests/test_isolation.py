@@ -264,6 +264,59 @@ async def test_isolation_status_pages_connections_and_yields_while_building() ->
             await client.aclose()
 
 
+@pytest.mark.parametrize("endpoint", ["server", "master"])
+async def test_isolation_control_status_answer_yields_while_building(endpoint: str) -> None:
+    # The answer `triosrv status` gets: from the server's own endpoint (serve_control)
+    # and from the master's, which `triosrv listen` runs around its local generation.
+    from triosrv._master import LocalGeneration, Master
+    from triosrv._master_status import MasterControl
+    from triosrv._options import effective_options, load_listen
+    from triosrv.diagnostics import ControlEndpoint
+    from triosrv.diagnostics._status import CHUNK
+
+    async with running_server(binds=()) as server:
+        pairs = []
+        for _ in range(CHUNK * 4):
+            client, served = trio.testing.memory_stream_pair()
+            await server.add_stream(served)
+            pairs.append(client)
+        answerer: ControlEndpoint
+        if endpoint == "master":
+            options = effective_options({"port": 0})
+            config, handler = load_listen(options)
+            master = Master({"port": 0}, None, options, config, handler)
+            generation = LocalGeneration(1, handler, config)
+            generation.server, generation.state = server, "serving"
+            master.generations.append(generation)
+            master.current = generation
+            answerer = MasterControl(master)
+        else:
+            answerer = ControlEndpoint(server)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.lowlevel.checkpoint()
+            ticks = 0
+            line, _after = await answerer.answer(b'{"cmd": "status"}')
+            nursery.cancel_scope.cancel()
+        # Other tasks ran between the chunks: snapshots and encoding, a chunk at a time.
+        assert ticks >= 4, ticks
+        doc = json.loads(line)
+        assert doc["connections_total"] == len(pairs)
+        ids = [c["id"] for c in doc["connections"]]
+        assert ids == sorted(ids) and len(ids) == len(pairs)
+        for client in pairs:
+            await client.aclose()
+
+
 async def test_isolation_status_rejects_bad_pages() -> None:
     async with server_with_control() as (_server, path):
         from triosrv.diagnostics import control_request

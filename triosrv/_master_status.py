@@ -20,7 +20,6 @@ import attrs
 import trio
 
 from ._server import ServerStatistics
-from ._snapshots import connection_snapshots
 from .diagnostics import ControlEndpoint, DiagnosticsError, control_request, serve_control
 from .diagnostics._control import _encode, _parse
 from .diagnostics._status import (
@@ -30,6 +29,8 @@ from .diagnostics._status import (
     TREE_MAX_TASKS,
     _plain,
     check_page,
+    encode_document,
+    snapshot_page,
 )
 from .diagnostics._tasktree import server_nursery_labels, task_tree
 
@@ -67,7 +68,7 @@ async def worker_reports(
             doc: dict[str, Any] | None = None
             if isinstance(generation, LocalGeneration):
                 if generation.server is not None:
-                    doc = _local_doc(generation.server, cmd, limit)
+                    doc = await _local_doc(generation.server, cmd, limit)
             elif worker.state in ("ready", "stopping") and worker.control is not None:
                 request: dict[str, object] = {"cmd": cmd}
                 if cmd == "status":
@@ -81,13 +82,13 @@ async def worker_reports(
     return reports
 
 
-def _local_doc(server: Any, cmd: str, limit: int) -> dict[str, Any]:
+async def _local_doc(server: Any, cmd: str, limit: int) -> dict[str, Any]:
+    # This process's own server: its first ``limit`` connections, snapshotted a chunk
+    # at a time so that the connections being served wait behind one chunk at most.
     stats = _plain(attrs.asdict(server.statistics()))
     doc: dict[str, Any] = {"pid": os.getpid(), "state": stats["state"], "statistics": stats}
     if cmd == "status":
-        snapshots = connection_snapshots(server)
-        doc["connections"] = [attrs.asdict(s) for s in snapshots[:limit]]
-        doc["connections_total"] = len(snapshots)
+        doc["connections"], doc["connections_total"] = await snapshot_page(server, 0, limit)
     return doc
 
 
@@ -208,6 +209,13 @@ class MasterControl(ControlEndpoint):
         request = _parse(line)
         if isinstance(request, str):
             return _encode({"error": request}), None
+        if request.get("cmd") == "status":
+            # One status at a time, encoded in chunks (see ControlEndpoint.answer).
+            async with self._building:
+                doc, after = await self._respond(request, line)
+                if "error" in doc:
+                    return _encode(doc), after
+                return await encode_document(doc), after
         doc, after = await self._respond(request, line)
         return _encode(doc), after
 

@@ -147,13 +147,38 @@ async def build_status_document(
     :data:`CHUNK` of connections at a time with a checkpoint between chunks, so that
     a large status costs the event loop many short steps instead of one long one."""
     doc, page, now = _begin(server, started_at, started_wall, offset, limit)
-    # The head and tail around an empty list, and the list's items in chunks.
-    head, tail = _dumps(doc).split(b'"connections":[]', 1)
-    pieces = [head, b'"connections":[']
+    doc["connections"] = await snapshot_dicts(page, server, now)
+    return await encode_document(doc)
+
+
+async def snapshot_page(server: Any, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Connections ``offset`` to ``offset + limit`` (by id) of ``server`` as plain
+    dicts, snapshotted :data:`CHUNK` at a time with a checkpoint between chunks; and
+    how many connections there are in all."""
+    now = trio.current_time()
+    page, total = _page(server, offset, limit)
+    return await snapshot_dicts(page, server, now), total
+
+
+async def snapshot_dicts(page: Sequence[Any], server: Any, now: float) -> list[dict[str, Any]]:
+    """``page``'s connections as plain dicts, a :data:`CHUNK` between checkpoints."""
+    out: list[dict[str, Any]] = []
     for start in range(0, len(page), CHUNK):
+        if start:
+            await trio.lowlevel.checkpoint()
+        out.extend(_snapshot_dicts(page[start : start + CHUNK], server, now))
+    return out
+
+
+async def encode_document(doc: dict[str, Any]) -> bytes:
+    """A status document as one JSON line (with its newline); its ``connections``
+    are encoded a :data:`CHUNK` at a time with a checkpoint between chunks."""
+    conns = doc["connections"]
+    head, tail = _dumps({**doc, "connections": []}).split(b'"connections":[]', 1)
+    pieces = [head, b'"connections":[']
+    for start in range(0, len(conns), CHUNK):
         await trio.lowlevel.checkpoint()
-        chunk = list(_snapshot_dicts(page[start : start + CHUNK], server, now))
-        encoded = _dumps(chunk)[1:-1]  # the items without the brackets
+        encoded = _dumps(conns[start : start + CHUNK])[1:-1]  # the items, no brackets
         if encoded:
             pieces.append(b"," + encoded if start else encoded)
     pieces += [b"]", tail, b"\n"]
