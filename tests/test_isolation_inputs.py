@@ -136,6 +136,56 @@ async def test_inputs_usr_signals_log_statistics_and_change_nothing(
         assert await server.wait_exit(10) == 0
 
 
+_RT = getattr(signal, "SIGRTMIN", None)
+
+
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGXFSZ]
+    + ([_RT, _RT + 3] if _RT is not None else []),
+)
+async def test_inputs_stray_signals_are_logged_and_ignored(signum: int) -> None:
+    # Each of these ends a process by default; a server logs one line and serves on.
+    async with listen_process("--grace", "5") as server:
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as held:
+            await assert_still_echoes(held)
+            server.process.send_signal(signum)
+            await server.read_log_until(b"ignored (SIGTERM, SIGINT or SIGQUIT stop the server)")
+            await assert_still_echoes(held)
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.wait_exit(10) == 0
+
+
+async def test_inputs_sigxcpu_drains_gracefully() -> None:
+    # The soft CPU-time limit: drained now rather than killed by the hard limit later.
+    async with listen_process("--grace", "5") as server:
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as held:
+            await assert_still_echoes(held)
+            server.process.send_signal(signal.SIGXCPU)
+            await server.read_log_until(b"SIGXCPU: shutting down")
+            await assert_still_echoes(held)  # drained, not dropped
+        assert await server.wait_exit(10) == 0
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+async def test_inputs_signals_while_exiting_do_not_change_the_exit_status(
+    workers: list[str],
+) -> None:
+    # SIGTERM, then a signal every millisecond until the process is gone: those that
+    # come after the drain finished (while the process exits) used to end it with
+    # their default action (exit -SIGUSR1) instead of the drain's 0.
+    async with listen_process("--grace", "0.2", *workers) as server:
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            while server.process.poll() is None:
+                try:
+                    server.process.send_signal(signal.SIGUSR1)
+                except ProcessLookupError:  # pragma: no cover - gone between the checks
+                    break
+                await trio.sleep(0.001)  # real time: a signal per millisecond, bounded
+        assert await server.wait_exit(10) == 0
+
+
 # -- the control endpoint: any line gets one JSON answer ----------------------------
 
 json_values = st.recursive(

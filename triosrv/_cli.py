@@ -23,7 +23,7 @@ from ._config import Limits, ServerConfig, Timeouts, parse_bind
 from ._errors import BindError, ConfigError
 from ._master import Master
 from ._options import MAX_WORKERS, effective_options, format_options, load_listen
-from ._runner import configure_logging
+from ._runner import configure_logging, run_main
 from ._workers import GenerationFailed
 from .bench import (
     BACKENDS,
@@ -335,7 +335,7 @@ def listen(**opts: Any) -> None:
     configure_logging(str(options["log-level"]), str(options["log-format"]))
     master = Master(given, opts["config"], options, config, _handler)
     try:
-        sys.exit(trio.run(master.run))
+        sys.exit(run_main(master.run))
     except BindError as exc:
         _fail(str(exc.strerror))
     except GenerationFailed as exc:

@@ -24,9 +24,11 @@ auxiliary client (control,  its peer, its idle and      that client only: logged
 metrics)                    write timeouts, eviction    An auxiliary endpoint that fails as
                             by a newer client           a whole is logged and stops; the
                                                         main server goes on
-signal watcher              the operator's signals      SIGINT/SIGTERM/SIGQUIT/SIGHUP start
-                                                        the graceful drain; a second one
-                                                        cancels at once
+signal watcher              the operator's signals      SIGINT/SIGTERM/SIGQUIT/SIGXCPU (and
+                                                        SIGHUP in a plain server) start the
+                                                        graceful drain; a second one cancels
+                                                        at once; stray signals (SIGALRM,
+                                                        real-time, ...) are logged, ignored
 worker (``--workers``)      the supervisor              a worker's death is logged and it
                                                         is restarted (backed off)
 ==========================  ==========================  ===================================

@@ -50,7 +50,17 @@ from ._config import ServerConfig
 from ._errors import BindError, ConfigError, lone_exception
 from ._listeners import Listener, open_listeners
 from ._options import effective_options, server_config
-from ._runner import _begin_drain, _log_statistics, configure_logging
+from ._runner import (
+    DRAIN_SIGNALS,
+    IGNORED_SIGNALS,
+    INFO_SIGNALS,
+    _begin_drain,
+    _log_statistics,
+    configure_logging,
+    early_signals,
+    log_ignored_signal,
+    signal_name,
+)
 from ._server import Handler, Server, serve
 from ._systemd import notify
 from ._workers import Backoff, GenerationFailed, ProcessGeneration, WorkerState, WorkerStatus
@@ -62,9 +72,9 @@ FIXED_ON_RELOAD = ("bind", "host", "port", "systemd", "backlog", "reuse-port", "
 #: How many reload attempts ``status`` remembers.
 RELOAD_HISTORY = 20
 #: Signals that stop (a second one cancels the drains); SIGQUIT is Ctrl-\ (nginx's
-#: graceful stop). SIGHUP reloads; SIGUSR1/2 log one line of statistics.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
-INFO_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+#: graceful stop). SIGHUP reloads; SIGUSR1/2 log one line of statistics; the rest of
+#: those the runner ignores get one log line.
+STOP_SIGNALS = DRAIN_SIGNALS
 
 
 class LocalGeneration:
@@ -203,7 +213,7 @@ class Master:
         )
         self.rundir = tempfile.mkdtemp(prefix="triosrv-")
         try:
-            handled = (*STOP_SIGNALS, signal.SIGHUP, *INFO_SIGNALS)
+            handled = (*STOP_SIGNALS, signal.SIGHUP, *INFO_SIGNALS, *IGNORED_SIGNALS)
             with trio.open_signal_receiver(*handled) as signals:
                 try:
                     return await self._serve(signals, task_status)
@@ -343,15 +353,22 @@ class Master:
             self._all_stopped.set()
 
     async def _watch_signals(self, signals: Any) -> None:
+        for signum in early_signals():  # came while generation 1 was starting
+            self._on_signal(signum)
         async for signum in signals:
-            name = signal.Signals(signum).name
-            if signum == signal.SIGHUP:
-                assert self._nursery is not None
-                self._nursery.start_soon(self.reload, name)
-            elif signum in INFO_SIGNALS:
-                self._log_generations(name)
-            else:
-                self.stop(name)
+            self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal_name(signum)
+        if signum == signal.SIGHUP:
+            assert self._nursery is not None
+            self._nursery.start_soon(self.reload, name)
+        elif signum in INFO_SIGNALS:
+            self._log_generations(name)
+        elif signum in IGNORED_SIGNALS:
+            log_ignored_signal(name)
+        else:
+            self.stop(name)
 
     def _log_generations(self, name: str) -> None:
         local = self.current if isinstance(self.current, LocalGeneration) else None

@@ -8,29 +8,109 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
 from ._config import ServerConfig
 from ._errors import BindError, ConfigError, lone_exception
 from ._handlers import Handler
+from ._isolation import rate_limited
 from ._server import Server, serve
 from ._systemd import notify
 from .diagnostics import serve_control
 
 logger = logging.getLogger("triosrv")
+T = TypeVar("T")
 
 #: Set by a ``--workers`` supervisor in each worker's environment: its own pid.
 SUPERVISOR_PID_ENV = "TRIOSRV_SUPERVISOR_PID"
 #: Signals that start the graceful drain (a second one cancels at once). SIGQUIT is
-#: Ctrl-\ (nginx's graceful stop); SIGHUP is a closed terminal, or a reload request
-#: that only a supervisor (``--workers``) can carry out.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP)
+#: Ctrl-\ (nginx's graceful stop); SIGXCPU is the soft CPU-time limit, whose hard
+#: limit (SIGKILL) follows: better drained now than killed then.
+DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGXCPU)
+#: In a plain server also a drain (a closed terminal); the master reloads on it, and
+#: a worker leaves it to the master.
+STOP_SIGNALS = (*DRAIN_SIGNALS, signal.SIGHUP)
 #: Signals that log one line of statistics and change nothing.
 INFO_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-HANDLED_SIGNALS = STOP_SIGNALS + INFO_SIGNALS
+#: Signals whose default action ends a process at once and that nobody sends to stop
+#: a server (timers, profilers, async I/O, file-size limits, power events, the
+#: real-time range): one rate-limited log line each, and nothing else. SIGKILL and
+#: SIGSTOP cannot be caught; the fault signals (SIGSEGV, SIGBUS, ...) mean a broken
+#: process and keep their default.
+IGNORED_SIGNALS = tuple(
+    sorted(
+        {
+            getattr(signal, name)
+            for name in ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSTKFLT")
+            if hasattr(signal, name)
+        }
+        | set(range(getattr(signal, "SIGRTMIN", 0), getattr(signal, "SIGRTMAX", -1) + 1))
+        | ({signal.SIGXFSZ} if hasattr(signal, "SIGXFSZ") else set())
+    )
+)
+HANDLED_SIGNALS = STOP_SIGNALS + INFO_SIGNALS + IGNORED_SIGNALS
+# Signals that came while no watcher listened (before the server was up): handed to
+# the first watcher. See run_main().
+_early: list[int] = []
 #: How often a worker checks that its supervisor still runs (real seconds).
 SUPERVISOR_CHECK_INTERVAL = 0.5
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15, ``SIGRTMIN+3`` for a real-time signal."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        base = getattr(signal, "SIGRTMIN", 0)
+        return f"SIGRTMIN+{signum - base}" if signum > base else f"signal {signum}"
+
+
+def run_main(async_fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    """``trio.run(async_fn, *args)`` as a serving process's main: ``triosrv listen`` and
+    each ``--workers`` worker.
+
+    Around the run, every handled signal is caught by a handler that only remembers
+    it. One that comes before the server listens is handed to the signal watcher as
+    soon as it starts (a SIGTERM during start-up stops the server right after it
+    starts, draining nothing); one that comes after the drain finished is ignored
+    while the process exits, so its exit status is the drain's (0), not a signal's
+    (143) or a KeyboardInterrupt's traceback. When the run returns, those signals are
+    ignored (``SIG_IGN``) for the rest of the exit: call this only as a process's
+    last act.
+    """
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, _remember)
+    try:
+        return trio.run(async_fn, *args)
+    finally:
+        # Python's finalization puts SIG_DFL back wherever a Python function handles
+        # a signal (but leaves SIG_IGN): ignore them for the last steps of the exit.
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def _remember(signum: int, frame: object) -> None:
+    _early.append(signum)
+
+
+def early_signals() -> list[int]:
+    """The signals :func:`run_main` remembered while no watcher listened (and forget
+    them): a watcher acts on these first."""
+    taken = _early[:]
+    _early.clear()
+    return taken
+
+
+def log_ignored_signal(name: str) -> None:
+    """One line (rate limited) for a signal in :data:`IGNORED_SIGNALS`."""
+    logger.warning(
+        "%s: ignored (SIGTERM, SIGINT or SIGQUIT stop the server)",
+        name,
+        extra=rate_limited("signal_ignored"),
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -143,28 +223,48 @@ async def _watch_signals(
     signals: trio.abc.ReceiveChannel[int] | object, server: Server, scope: trio.CancelScope
 ) -> None:
     assert hasattr(signals, "__aiter__")
-    count = 0
-    supervised = os.environ.get(SUPERVISOR_PID_ENV, "").isdigit()
+    act = _SignalActions(server, scope)
+    for signum in early_signals():  # came while the server was starting
+        if act(signum):
+            return
     async for signum in signals:
-        name = signal.Signals(signum).name
-        if signum in INFO_SIGNALS:
-            _log_statistics(server, name)
-            continue
-        if signum == signal.SIGHUP and supervised:
+        if act(signum):
+            return
+
+
+class _SignalActions:
+    """What a plain server (or a worker) does on each signal; True once done."""
+
+    def __init__(self, server: Server, scope: trio.CancelScope) -> None:
+        self.server = server
+        self.scope = scope
+        self.count = 0
+        self.supervised = os.environ.get(SUPERVISOR_PID_ENV, "").isdigit()
+
+    def __call__(self, signum: int) -> bool:
+        name = signal_name(signum)
+        if signum in IGNORED_SIGNALS:
+            log_ignored_signal(name)
+        elif signum in INFO_SIGNALS:
+            _log_statistics(self.server, name)
+        elif signum == signal.SIGHUP and self.supervised:
             # A terminal that closes sends SIGHUP to the whole process group; under a
             # supervisor, reloading or stopping is the supervisor's decision.
             logger.info("SIGHUP: left to the supervisor (pid %s)", os.getppid())
-            continue
-        count += 1
-        if count == 1:
-            _begin_drain(server, name)
-            notify("STOPPING=1")
         else:
-            logger.warning(
-                "%s again: cancelling %d connection(s) now", name, server.statistics().active
-            )
-            scope.cancel()
-            return
+            self.count += 1
+            if self.count == 1:
+                _begin_drain(self.server, name)
+                notify("STOPPING=1")
+            else:
+                logger.warning(
+                    "%s again: cancelling %d connection(s) now",
+                    name,
+                    self.server.statistics().active,
+                )
+                self.scope.cancel()
+                return True
+        return False
 
 
 def _log_statistics(server: Server, name: str) -> None:

@@ -20,11 +20,9 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-import trio
-
 from ._errors import BindError, ConfigError
 from ._options import load_listen
-from ._runner import configure_logging, serve_until_signalled
+from ._runner import configure_logging, run_main, serve_until_signalled
 from ._systemd import notify
 from ._workers import WORKER_OPTIONS_ENV
 
@@ -82,7 +80,7 @@ def main() -> None:
     except ConfigError as exc:
         _cannot_start(str(exc), 2)
     try:
-        trio.run(
+        run_main(
             functools.partial(serve_until_signalled, control=options["control"], announce=False),
             handler,
             config,
