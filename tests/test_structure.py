@@ -20,10 +20,6 @@ MAX_PRIVATE_REACHES = 4
 # Names that look private but are public API of their module.
 PUBLIC_UNDERSCORE = {("os", "_exit")}
 MAX_FUNCTION_LINES = 60
-# Import edges that close a known cycle, left to their owner: the reload work's status
-# module names the master under TYPE_CHECKING and imports LocalGeneration in two
-# functions, while the master imports it lazily. Any other cycle fails the test.
-KNOWN_CYCLE_EDGES = {("triosrv._master_status", "triosrv._master")}
 
 
 def _modules() -> Iterator[tuple[str, Path, ast.Module]]:
@@ -165,11 +161,7 @@ def test_no_import_cycle_among_triosrv_modules() -> None:
     # the package (``from ..lowlevel import X``): that edge from a module to its own
     # ancestor package is how Python packages work, not a cycle of the design.
     graph = {
-        name: {
-            t
-            for t in targets
-            if not name.startswith(t + ".") and (name, t) not in KNOWN_CYCLE_EDGES
-        }
+        name: {t for t in targets if not name.startswith(t + ".")}
         for name, targets in import_graph().items()
     }
     cycle = _cycle(graph)

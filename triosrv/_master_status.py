@@ -2,9 +2,12 @@
 
 The master asks each worker of each live generation over the worker's private control
 socket (``statistics`` for metrics, ``status`` for ``triosrv status``) and adds up
-what they say; a generation served in its own process (``LocalGeneration``) is read
-directly. A worker that does not answer within ``WORKER_TIMEOUT`` seconds is shown
-without numbers rather than holding the answer up.
+what they say; a generation served in the master's own process (``kind`` ``"local"``)
+is read directly. A worker that does not answer within ``WORKER_TIMEOUT`` seconds is
+shown without numbers rather than holding the answer up.
+
+This module reads the master through the small protocols below (``MasterView``) and
+never imports ``_master``: the master imports this module, not the other way round.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeGuard
 
 import attrs
 import trio
 
-from ._server import ServerStatistics
+from ._config import ServerConfig
+from ._server import Server, ServerStatistics
+from ._workers import WorkerStatus
 from .diagnostics import ControlEndpoint, DiagnosticsError, control_request, serve_control
 from .diagnostics._control import _encode, _parse
 from .diagnostics._status import (
@@ -34,15 +39,109 @@ from .diagnostics._status import (
 )
 from .diagnostics._tasktree import server_nursery_labels, task_tree
 
-if TYPE_CHECKING:
-    from ._master import Master
-
 logger = logging.getLogger("triosrv")
 
 #: Seconds the master waits for one worker's answer.
 WORKER_TIMEOUT = 2.0
 MASTER_COMMANDS = ("status", "drain", "statistics", "reload")
 _STAT_FIELDS = {field.name for field in attrs.fields(ServerStatistics)}
+
+
+class GenerationView(Protocol):
+    """What the status reads of one generation of the master."""
+
+    @property
+    def number(self) -> int:
+        """The generation's number (1, 2, ... one per reload)."""
+
+    @property
+    def kind(self) -> str:
+        """``"local"`` (served in the master's process) or ``"processes"``."""
+
+    @property
+    def state(self) -> str:
+        """``starting``, ``serving``, ``draining``, ``stopped`` or ``failed``."""
+
+    @property
+    def started_wall(self) -> float:
+        """When the generation started (``time.time()``)."""
+
+    def status(self) -> list[WorkerStatus]:
+        """A copy of every worker's status, in index order."""
+
+
+class LocalGenerationView(GenerationView, Protocol):
+    """A generation of kind ``"local"``: its server runs in this process."""
+
+    @property
+    def server(self) -> Server | None:
+        """The running server (None before it started)."""
+
+
+class ReloadView(attrs.AttrsInstance, Protocol):
+    """One reload attempt (an attrs instance), as ``status`` lists it."""
+
+    @property
+    def generation(self) -> int:
+        """The generation the reload started (or tried to)."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the new generation took over."""
+
+    @property
+    def reason(self) -> str | None:
+        """Why it failed (None if it did not)."""
+
+
+class MasterView(Protocol):
+    """What the control endpoint, status and metrics read of (and ask of) the master."""
+
+    @property
+    def generations(self) -> Sequence[GenerationView]:
+        """Every live generation, oldest first."""
+
+    @property
+    def current(self) -> GenerationView | None:
+        """The generation serving new connections (None before the first)."""
+
+    @property
+    def state(self) -> str:
+        """``starting``, ``serving``, ``draining`` or ``closed``."""
+
+    @property
+    def started_at(self) -> float:
+        """When the master started serving (``trio.current_time()``)."""
+
+    @property
+    def started_wall(self) -> float:
+        """When the master started (``time.time()``)."""
+
+    @property
+    def addresses(self) -> list[str]:
+        """The listening addresses, as the master bound them."""
+
+    @property
+    def config(self) -> ServerConfig:
+        """The configuration of the current generation."""
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The effective options (``control``, ``metrics``, ...)."""
+
+    @property
+    def reloads(self) -> Sequence[ReloadView]:
+        """The last reload attempts, oldest first."""
+
+    async def reload(self, origin: str = "reload") -> ReloadView | None:
+        """Start a new generation; None if one was queued behind a running reload."""
+
+    def stop(self, reason: str, grace: float | None = None) -> None:
+        """Stop serving: drain every generation within ``grace`` seconds."""
+
+
+def _is_local(generation: GenerationView) -> TypeGuard[LocalGenerationView]:
+    return generation.kind == "local"
 
 
 @attrs.define(kw_only=True)
@@ -56,17 +155,15 @@ class WorkerReport:
 
 
 async def worker_reports(
-    master: Master, cmd: str, *, limit: int = DEFAULT_LIMIT
+    master: MasterView, cmd: str, *, limit: int = DEFAULT_LIMIT
 ) -> list[WorkerReport]:
     """Every worker of every live generation, with its answer to ``cmd`` (``status``:
     its first ``limit`` connections)."""
-    from ._master import LocalGeneration
-
     reports = []
     for generation in list(master.generations):
         for worker in generation.status():
             doc: dict[str, Any] | None = None
-            if isinstance(generation, LocalGeneration):
+            if _is_local(generation):
                 if generation.server is not None:
                     doc = await _local_doc(generation.server, cmd, limit)
             elif worker.state in ("ready", "stopping") and worker.control is not None:
@@ -82,7 +179,7 @@ async def worker_reports(
     return reports
 
 
-async def _local_doc(server: Any, cmd: str, limit: int) -> dict[str, Any]:
+async def _local_doc(server: Server, cmd: str, limit: int) -> dict[str, Any]:
     # This process's own server: its first ``limit`` connections, snapshotted a chunk
     # at a time so that the connections being served wait behind one chunk at most.
     stats = _plain(attrs.asdict(server.statistics()))
@@ -129,14 +226,12 @@ def add_statistics(docs: list[dict[str, Any]], state: str, backend: str) -> dict
 
 
 async def status_document(
-    master: Master, *, offset: int = 0, limit: int = DEFAULT_LIMIT
+    master: MasterView, *, offset: int = 0, limit: int = DEFAULT_LIMIT
 ) -> dict[str, Any]:
     """The master's status: the usual document (its counters summed over every
     worker, ``offset``/``limit`` paging through every worker's connections) plus
     ``generation``, ``generations`` (per worker: pid, state, connections, restarts)
     and ``reloads`` (the last attempts). Raises ValueError for a bad page."""
-    from ._master import LocalGeneration
-
     offset, limit = check_page(offset, limit)
     reports = await worker_reports(master, "status", limit=min(offset + limit, MAX_LIMIT))
     connections: list[dict[str, Any]] = []
@@ -161,7 +256,7 @@ async def status_document(
         worker["connections"] = None if stats is None else stats.get("active")
         worker["statistics"] = stats
         generations[report.generation]["workers"].append(worker)
-    local = [g.server for g in master.generations if isinstance(g, LocalGeneration) and g.server]
+    local = [g.server for g in master.generations if _is_local(g) and g.server]
     labels = server_nursery_labels(local[0]) if local else {}
     now = trio.current_time()
     return {
@@ -200,7 +295,7 @@ class MasterControl(ControlEndpoint):
     """The master's control endpoint: ``status`` (every generation), ``statistics``
     (summed), ``drain`` (stop serving) and ``reload``."""
 
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: MasterView) -> None:
         super().__init__(master)
         self.master = master
 
@@ -276,7 +371,7 @@ class MasterControl(ControlEndpoint):
         return answer, start_drain
 
 
-def metrics_source(master: Master) -> tuple[Callable[[], Iterator[Any]], Any]:
+def metrics_source(master: MasterView) -> tuple[Callable[[], Iterator[Any]], Any]:
     """A statistics source over every worker (labels ``generation`` and ``worker``)
     and the refresh that asks them, for the metrics endpoint."""
     cache: list[tuple[dict[str, str], Any]] = []
@@ -301,7 +396,7 @@ def metrics_source(master: Master) -> tuple[Callable[[], Iterator[Any]], Any]:
     return source, refresh
 
 
-async def start_endpoints(nursery: trio.Nursery, master: Master) -> None:
+async def start_endpoints(nursery: trio.Nursery, master: MasterView) -> None:
     """Start the master's ``--control`` and ``--metrics`` endpoints in ``nursery``."""
     control = master.options.get("control")
     if control is not None:
