@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from triosrv._server_processes import baseline_cmd, listen_has_backend, running_server
@@ -39,6 +40,8 @@ TINY_PLAN = BackendsPlan(
     echo_connections=(1, 2),
     echo_duration=0.1,
     echo_warmup=0.05,
+    paired_duration=0.4,
+    paired_window=0.05,
     ping_count=50,
     ping_seconds=0.05,
     idle_seconds=0.05,
@@ -164,19 +167,46 @@ def test_bench_backends_reports_every_row_for_trio() -> None:
     assert row["idle_cpu"] is not None
     assert row["cancel"]["connections"] == 4
     assert row["cancel"]["ms"] is not None
-    base = doc["baseline"]
-    assert base["server"] == "trio.serve_tcp" and set(base["echo"]) == {"1", "2"}
-    assert all(e["rtps"] > 0 and e["errors"] == 0 for e in base["echo"].values())
+    assert all(e["rtps"] > 0 and e["cpu_us_per_rt"] > 0 for e in row["echo"].values())
+    assert doc["baseline"] == {"server": "trio.serve_tcp", "paired": True}
+    # Paired windows with the baseline, each way round: every count has its ratio.
+    assert set(row["vs_baseline"]) == {"1", "2"}
+    for versus in row["vs_baseline"].values():
+        assert versus["errors"] == 0 and versus["windows_compared"] >= 2
+        assert 0 < versus["ratio"] < 10
     text = out.getvalue()
     for label in ("connections served", "wait us, N=4 idle", "echo p99 us, C=2", "cancel ms"):
         assert label in text
+    cpu_lines = [line for line in text.splitlines() if line.startswith("echo CPU us/rt, C")]
+    assert [line.split()[-1] for line in cpu_lines] == [
+        f"{row['echo'][c]['cpu_us_per_rt']:.1f}" for c in ("1", "2")
+    ]
     ratio_lines = [
         line for line in text.splitlines() if line.startswith("echo vs trio.serve_tcp, C")
     ]
     assert [line.split()[3] for line in ratio_lines] == ["C=1", "C=2"]
-    ratio_line = ratio_lines[0]
-    expected = row["echo"]["1"]["rtps"] / base["echo"]["1"]["rtps"]
-    assert ratio_line.split()[-1] == f"{expected:.2f}x"
+    for line, c in zip(ratio_lines, ("1", "2"), strict=True):
+        assert line.split()[-1] == f"{row['vs_baseline'][c]['ratio']:.2f}x"
+    assert "in alternating windows, each way round" in text
+
+
+def test_bench_backends_without_the_c_engine_says_why_it_has_no_ratios(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Paired windows need the C engine: without it no baseline runs, and the legend
+    # says so instead of printing ratios measured some other way.
+    import triosrv.bench._backends_report as report
+
+    monkeypatch.setattr(report, "resolve_engine", lambda: "python")
+    out = io.StringIO()
+    plan = attrs.evolve(TINY_PLAN, echo_connections=(1,), wait_ns=(2,))
+    doc = bench_backends(["trio"], plan, out=out)
+    assert doc["baseline"] == {"server": "trio.serve_tcp", "paired": False}
+    assert doc["backends"][0]["vs_baseline"] == {}
+    text = out.getvalue()
+    assert "echo CPU us/rt, C=1" in text
+    assert not any(line.startswith("echo vs trio.serve_tcp, C") for line in text.splitlines())
+    assert "not measured, paired windows need the C load engine" in text
 
 
 def test_plot_backends_writes_a_png(tmp_path: Path) -> None:

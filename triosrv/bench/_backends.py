@@ -16,7 +16,13 @@ answers, in this order:
    (a loop that polls shows here);
 2. the largest number of connections served: the pool grows further, in batches, until a
    connection is refused, closed or not echoed (select stops near FD_SETSIZE), or the cap;
-3. echo throughput and p99 at 1, 50 and 1000 connections (`run_load`), pool closed.
+3. echo throughput, p99 and the server's CPU per round trip at 1, 50 and 1000
+   connections (`run_load`, the backend alone), pool closed; then, at each count, the
+   backend against a plain ``trio.serve_tcp`` echo server (the baseline, pinned to the
+   same CPU) in paired windows (`run_paired`, once each way round, see `swapped`): the
+   median of the per-window ratios is the ``echo vs trio.serve_tcp`` row. The baseline
+   is measured beside each backend, not once before them all, so slow drift of the
+   machine cancels out of the ratio.
 
 Then a second server of the same backend gets 1000 idle connections and SIGTERM with a
 1 ms grace: the time until every client saw its connection closed is the cancel row.
@@ -24,12 +30,14 @@ Then a second server of the same backend gets 1000 idle connections and SIGTERM 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import signal
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -46,8 +54,12 @@ from .._server_processes import (
 )
 from ._conns import ConnectionPool, ping_pong
 from ._load import run_load
+from ._paired import run_paired, swapped
+from ._report import cpu_us_per_round_trip
 
-__all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend", "measure_baseline"]
+__all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend", "running_baseline"]
+
+T = TypeVar("T")
 
 # How each backend finds a ready connection: (short, for the table; long, for the legend).
 READINESS = {
@@ -70,6 +82,8 @@ class BackendsPlan:
     echo_connections: tuple[int, ...] = (1, 50, 1000)
     echo_duration: float = 1.0
     echo_warmup: float = 0.3
+    paired_duration: float = 2.0
+    paired_window: float = 0.2
     ping_count: int = 3000
     ping_seconds: float = 0.5
     idle_seconds: float = 1.0
@@ -85,6 +99,8 @@ class BackendsPlan:
             max_cap=1500,
             echo_duration=0.4,
             echo_warmup=0.15,
+            paired_duration=1.0,
+            paired_window=0.1,
             ping_count=1000,
             ping_seconds=0.2,
             idle_seconds=0.5,
@@ -92,7 +108,8 @@ class BackendsPlan:
 
     def seconds_per_backend(self) -> float:
         """A rough estimate, for the progress bar."""
-        echo = len(self.echo_connections) * (self.echo_duration + self.echo_warmup + 0.3)
+        paired = self.paired_duration + 2 * (self.echo_warmup + 0.5)
+        echo = len(self.echo_connections) * (self.echo_duration + self.echo_warmup + 0.3 + paired)
         ladder = len(self.wait_ns) * (self.ping_seconds + 0.2) + self.max_cap / 5000
         return echo + ladder + self.idle_seconds + 2.0
 
@@ -107,12 +124,21 @@ def backend_cmd(name: str, *options: str, has_backend: bool) -> list[str]:
     return base
 
 
+def _cpu_share(server: ServerProcess, measure: Callable[[], T]) -> tuple[T, float | None]:
+    # What `measure` returns, and the server's CPU seconds per wall second meanwhile
+    # (None if the server is gone).
+    before, started = process_cpu_ns(server.proc.pid), time.monotonic()
+    result = measure()
+    after, wall = process_cpu_ns(server.proc.pid), time.monotonic() - started
+    if before is None or after is None or wall <= 0:
+        return result, None
+    return result, (after - before) / 1e9 / wall
+
+
 def _idle_cpu(server: ServerProcess, seconds: float) -> float | None:
-    # CPU share of the server while every connection it holds is idle.
-    before = process_cpu_ns(server.proc.pid)
-    time.sleep(seconds)  # the measurement itself: nothing happens meanwhile, by design
-    after = process_cpu_ns(server.proc.pid)
-    return None if before is None or after is None else (after - before) / 1e9 / seconds
+    # CPU share of the server while every connection it holds is idle; the sleep is
+    # the measurement itself: nothing happens meanwhile, by design.
+    return _cpu_share(server, lambda: time.sleep(seconds))[1]
 
 
 def _ladder(
@@ -134,25 +160,62 @@ def _ladder(
     row["max_stop"] = pool.failure or f"reached the cap of {plan.max_cap}"
 
 
-def _echo(server: ServerProcess, plan: BackendsPlan, row: dict[str, Any]) -> None:
+def _echo(
+    server: ServerProcess,
+    baseline: ServerProcess | None,
+    plan: BackendsPlan,
+    row: dict[str, Any],
+) -> None:
     for connections in plan.echo_connections:
-        result = run_load(
-            "127.0.0.1",
-            server.port,
-            connections=connections,
-            size=64,
-            duration=plan.echo_duration,
-            warmup=plan.echo_warmup,
-            connect_timeout=5.0,
+        result, share = _cpu_share(
+            server,
+            functools.partial(
+                run_load,
+                "127.0.0.1",
+                server.port,
+                connections=connections,
+                size=64,
+                duration=plan.echo_duration,
+                warmup=plan.echo_warmup,
+                connect_timeout=5.0,
+            ),
         )
         server.check_alive(f"echo at C={connections}")
         row["echo"][str(connections)] = {
             "rtps": result.rtps,
             "p99_us": result.p99_us,
+            "cpu_us_per_rt": cpu_us_per_round_trip(share, result.rtps),
             "errors": result.errors,
             "error_kinds": dict(result.error_kinds),
             "generator_saturated": result.generator_saturated,
         }
+        if baseline is not None:
+            row["vs_baseline"][str(connections)] = _versus(baseline, server, connections, plan)
+
+
+def _versus(
+    baseline: ServerProcess, server: ServerProcess, connections: int, plan: BackendsPlan
+) -> dict[str, Any]:
+    # The backend (B) against the baseline (A) in alternating windows, then the same
+    # with the two swapped, half the time each: whatever favours one side cancels.
+    def paired(port_a: int, port_b: int) -> Any:
+        return run_paired(
+            "127.0.0.1",
+            port_a,
+            port_b,
+            connections=connections,
+            size=64,
+            duration=plan.paired_duration / 2,
+            window=plan.paired_window,
+            warmup=plan.echo_warmup,
+        )
+
+    forward = paired(baseline.port, server.port)
+    backward = paired(server.port, baseline.port)
+    for each in (baseline, server):
+        each.check_alive(f"paired echo at C={connections}")
+    errors = forward.errors + backward.errors
+    return {**swapped(forward, backward), "errors": errors}
 
 
 def _cancel(cmd: list[str], cpu: int | None, plan: BackendsPlan, limit: int) -> dict[str, Any]:
@@ -175,13 +238,16 @@ def measure_backend(
     plan: BackendsPlan,
     cpu: int | None,
     *,
+    baseline: ServerProcess | None = None,
     has_backend: bool | None = None,
     step: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Measure one backend (see the module docstring); return its row as plain data.
 
-    ``cpu`` pins the server (None: not pinned); ``step`` is told what is being measured.
-    Raises BenchError when the server fails to start or dies.
+    ``cpu`` pins the server (None: not pinned); ``baseline`` (see `running_baseline`,
+    None: no ``vs_baseline`` figures) is the server the echo loads are paired with;
+    ``step`` is told what is being measured. Raises BenchError when a server fails to
+    start or dies, LoadEngineError when the C load engine fails.
     """
     has = listen_has_backend() if has_backend is None else has_backend
     cmd = backend_cmd(name, has_backend=has)
@@ -191,6 +257,7 @@ def measure_backend(
         "wait_us": {str(n): None for n in plan.wait_ns},
         "idle_cpu": None,
         "echo": {},
+        "vs_baseline": {},
     }
     with running_server(name, cmd, cpu) as server:
         pool = ConnectionPool(server.port)
@@ -204,22 +271,18 @@ def measure_backend(
     # seconds, and would be measured as the next load's latency.
     with running_server(name, cmd, cpu) as server:
         step(f"{name}: echo at C={','.join(map(str, plan.echo_connections))}")
-        _echo(server, plan, row)
+        _echo(server, baseline, plan, row)
     step(f"{name}: cancel with {plan.cancel_connections} connections open")
     row["cancel"] = _cancel(cmd, cpu, plan, row["max_served"])
     return row
 
 
-def measure_baseline(plan: BackendsPlan, cpu: int | None) -> dict[str, Any]:
-    """The echo loads of `measure_backend` against plain ``trio.serve_tcp`` (the
-    baseline server of :mod:`._baseline`), for the backends' ratios to it.
+def running_baseline(cpu: int | None) -> contextlib.AbstractContextManager[ServerProcess]:
+    """A plain ``trio.serve_tcp`` echo server (``triosrv/bench/_baseline.py``) on
+    ``cpu``, for `measure_backend` to pair each backend with; stopped on exit.
 
-    Returns ``{"server": "trio.serve_tcp", "echo": {C: figures}}``; raises BenchError
-    when the server fails."""
-    row: dict[str, Any] = {"server": BASELINE, "echo": {}}
-    with running_server(BASELINE, baseline_cmd(), cpu) as server:
-        _echo(server, plan, row)
-    return row
+    Raises BenchError when it fails to start."""
+    return running_server(BASELINE, baseline_cmd(), cpu)
 
 
 def pinned_here(cpu: int | None) -> Callable[[], None]:

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import attrs
 
 from .._server_processes import (
     BASELINE,
+    ServerProcess,
     listen_has_backend,
     machine_facts,
     machine_lines,
     placement,
     plan_cpus,
 )
-from ._backends import READINESS, BackendsPlan, measure_backend, measure_baseline, pinned_here
+from ._backends import READINESS, BackendsPlan, measure_backend, pinned_here, running_baseline
 from ._load import resolve_engine
-from ._report import fmt, ratio
+from ._report import fmt
 
 __all__ = ["bench_backends", "render_backends"]
 
@@ -57,32 +59,40 @@ def bench_backends(
     """Measure every named backend, one after the other; print and return the report.
 
     Servers run on one CPU, this process on another (its affinity is restored after).
-    ``plot`` writes a PNG (needs matplotlib, the ``plot`` extra). Progress goes to
-    stderr on a terminal. Raises BenchError when a server fails.
+    A plain ``trio.serve_tcp`` echo server runs beside them all, and each backend's echo
+    loads are paired with it (needs the C load engine; without it the ``vs_baseline``
+    figures are left out and the report says why). ``plot`` writes a PNG (needs
+    matplotlib, the ``plot`` extra). Progress goes to stderr on a terminal. Raises
+    BenchError when a server fails, LoadEngineError when the C load engine does.
     """
     if plot is not None:
         from ._plot import check_plotting
 
         check_plotting()  # fail before minutes of measuring, not after
     cpus = plan_cpus()
-    machine = machine_facts(cpus, load_engine=resolve_engine())
+    engine = resolve_engine()
+    machine = machine_facts(cpus, load_engine=engine)
     doc: dict[str, Any] = {"machine": machine, "plan": attrs.asdict(plan)}
+    doc["baseline"] = {"server": BASELINE, "paired": engine == "c"}
     has_backend = listen_has_backend()
-    echo_seconds = len(plan.echo_connections) * (plan.echo_warmup + plan.echo_duration)
     steps = _Steps(
-        len(names) * plan.seconds_per_backend() + echo_seconds,
-        sys.stdout.isatty() and sys.stderr.isatty(),
+        len(names) * plan.seconds_per_backend(), sys.stdout.isatty() and sys.stderr.isatty()
     )
+    server_cpu = cpus[0] if cpus else None
     restore = pinned_here(cpus[1] if cpus else None)
     try:
-        steps(f"{BASELINE}: echo, the baseline of the ratios")
-        doc["baseline"] = measure_baseline(plan, cpus[0] if cpus else None)
-        rows = [
-            measure_backend(
-                name, plan, cpus[0] if cpus else None, has_backend=has_backend, step=steps
-            )
-            for name in names
-        ]
+        with _baseline_if(engine == "c", server_cpu) as baseline:
+            rows = [
+                measure_backend(
+                    name,
+                    plan,
+                    server_cpu,
+                    baseline=baseline,
+                    has_backend=has_backend,
+                    step=steps,
+                )
+                for name in names
+            ]
     finally:
         restore()
         steps.done()
@@ -96,6 +106,16 @@ def bench_backends(
     else:
         out.write("\n".join(render_backends(doc)) + "\n")
     return doc
+
+
+@contextlib.contextmanager
+def _baseline_if(wanted: bool, cpu: int | None) -> Iterator[ServerProcess | None]:
+    # Paired windows need the C load engine; without it there is no baseline to run.
+    if not wanted:
+        yield None
+        return
+    with running_baseline(cpu) as baseline:
+        yield baseline
 
 
 def _max_cell(row: dict[str, Any]) -> str:
@@ -116,10 +136,11 @@ def _table_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
         echo = [r["echo"].get(str(c)) for r in rows_by_backend]
         table.append((f"echo rt/s, C={c}", [_echo_cell(e, "rtps", ",.0f") for e in echo]))
         table.append((f"echo p99 us, C={c}", [_echo_cell(e, "p99_us", ",.0f") for e in echo]))
-        base = doc["baseline"]["echo"].get(str(c)) if "baseline" in doc else None
-        if base is not None:
-            ratios = [ratio(e["rtps"], base["rtps"]) if e else None for e in echo]
-            table.append((f"echo vs {BASELINE}, C={c}", [fmt(r, ".2f", "x") for r in ratios]))
+        cpu = [fmt(e.get("cpu_us_per_rt") if e else None, ".1f") for e in echo]
+        table.append((f"echo CPU us/rt, C={c}", cpu))
+        if doc.get("baseline", {}).get("paired"):
+            versus = [r.get("vs_baseline", {}).get(str(c)) for r in rows_by_backend]
+            table.append((f"echo vs {BASELINE}, C={c}", [_versus_cell(v) for v in versus]))
     table.append(
         (
             f"idle CPU, {plan['idle_connections']} conns",
@@ -149,6 +170,12 @@ def _echo_cell(echo: dict[str, Any] | None, key: str, spec: str) -> str:
     return fmt(echo[key], spec) + mark
 
 
+def _versus_cell(versus: dict[str, Any] | None) -> str:
+    if versus is None:
+        return "-"
+    return fmt(versus["ratio"], ".2f", "x") + ("!" if versus["errors"] else "")
+
+
 def _cancel_cell(cancel: dict[str, Any], wanted: int) -> str:
     text = fmt(cancel["ms"], ".1f")
     return text if cancel["connections"] >= wanted else f"{text} ({cancel['connections']})"
@@ -158,14 +185,16 @@ def render_backends(doc: dict[str, Any]) -> list[str]:
     """The report for people: the table with one column per backend, then the legend."""
     names = [r["backend"] for r in doc["backends"]]
     width = max(14, *(len(n) + 2 for n in names))
+    table = _table_rows(doc)
+    labels = max(24, *(len(label) for label, _ in table))
     lines = [
         "I/O multiplexing, measured: one server process per backend, " + placement(doc["machine"]),
         *machine_lines(doc["machine"]),
         "",
-        f"{'':<24}" + "".join(f"{n:>{width}}" for n in names),
+        f"{'':<{labels}}" + "".join(f"{n:>{width}}" for n in names),
     ]
-    for label, cells in _table_rows(doc):
-        lines.append(f"{label:<24}" + "".join(f"{c:>{width}}" for c in cells))
+    for label, cells in table:
+        lines.append(f"{label:<{labels}}" + "".join(f"{c:>{width}}" for c in cells))
     lines += [
         "",
         "connections served: opened in batches, each proved by an echo, until one was "
@@ -174,8 +203,8 @@ def render_backends(doc: dict[str, Any]) -> list[str]:
         "connections are open ('limit': the backend could not serve N)",
         "echo: 64 B messages, '!' some errors (see --json), '*' the load generator was "
         "the bottleneck",
-        f"echo vs {BASELINE}: rt/s over that of a plain {BASELINE} echo server measured "
-        "first in the same run, the same way",
+        "echo CPU us/rt: the server's CPU microseconds per round trip in that load",
+        *_versus_legend(doc),
         "cancel ms: SIGTERM with a 1 ms grace until every client saw its connection closed",
         "",
         "how readiness is found:",
@@ -195,3 +224,15 @@ def render_backends(doc: dict[str, Any]) -> list[str]:
         f"  {r['backend']:<12} stopped at {r['max_served']}: {r['max_stop']}" for r in limited
     ]
     return lines
+
+
+def _versus_legend(doc: dict[str, Any]) -> list[str]:
+    if doc.get("baseline", {}).get("paired"):
+        return [
+            f"echo vs {BASELINE}: rt/s over that of a plain {BASELINE} echo server on the "
+            "same CPU, in alternating windows, each way round (median of the window ratios)"
+        ]
+    return [
+        f"echo vs {BASELINE}: not measured, paired windows need the C load engine "
+        "(a C compiler on PATH)"
+    ]
