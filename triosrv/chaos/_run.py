@@ -51,7 +51,9 @@ ATTACK_SLACK = 5.0
 # Below this p99 (seconds) the canary is fast enough whatever the ratio: on loopback a
 # quiet p99 is a fraction of a millisecond, and a ratio of such tiny figures is noise.
 P99_FLOOR = 0.02
-RECOVERY_PAUSE = 0.05
+# Seconds between the canary's probes while the server recovers from an attack: the
+# resolution of a scenario's "recovered in" figure (the operator's --recovery is seconds).
+CANARY_PROBE_INTERVAL = 0.05
 # Scenarios whose point is to take every slot the server has: newcomers may wait.
 SLOTS_TAKEN = frozenset({"flood"})
 
@@ -168,10 +170,10 @@ async def _recovery(canary: Canary, within: float) -> float | None:
     # Seconds until a new connection is served, or None past ``within``.
     start = trio.current_time()
     with trio.move_on_after(within):
-        for seq in range(int(within / RECOVERY_PAUSE) + 1):
+        for seq in range(int(within / CANARY_PROBE_INTERVAL) + 1):
             if await canary.probe_once(seq) is None:
                 return round(trio.current_time() - start, 3)
-            await trio.sleep(RECOVERY_PAUSE)
+            await trio.sleep(CANARY_PROBE_INTERVAL)
     return None
 
 

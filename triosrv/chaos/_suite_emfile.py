@@ -37,7 +37,9 @@ VERDICT_TIMEOUT = 10.0
 RECOVERY_LIMIT = 1.0
 # We keep trying this long after the limit, so that a slow recovery gets a figure.
 RECOVERY_WAIT = 5.0
-RECOVERY_PAUSE = 0.01
+# Seconds between echo probes after the flood: finer than the chaos run's canary
+# (CANARY_PROBE_INTERVAL), since the recovery limit here is one second.
+FLOOD_PROBE_INTERVAL = 0.01
 MAX_PROBES = 1000
 EXIT_TIMEOUT = 15.0
 ECHO_TIMEOUT = 1.0
@@ -158,7 +160,7 @@ async def _flood_and_recover(
         for _ in range(MAX_PROBES):
             if await echo_once(server.port):
                 return outcomes, died, round(trio.current_time() - flood_ended, 3)
-            await trio.sleep(RECOVERY_PAUSE)  # polling a subprocess's recovery
+            await trio.sleep(FLOOD_PROBE_INTERVAL)  # polling a subprocess's recovery
     return outcomes, died, None
 
 
