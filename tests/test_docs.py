@@ -167,6 +167,45 @@ def test_no_machine_paths_or_session_language(page: Path) -> None:
     assert not hits, f"{page.relative_to(ROOT)}: {hits}"
 
 
+# A place in triosrv's own code, as a task tree shows it: ``_run (_server.py:246)``.
+SOURCE_PLACE = re.compile(r"([\w<>]+) \((_\w+\.py):(\d+)\)")
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_hard_codes_a_line_of_triosrv_code(page: Path) -> None:
+    # Such line numbers drift with every edit: samples that show them are generated
+    # when the docs are built (docs/_ext/triosrv_tables.py).
+    hits = [m.group(0) for m in SOURCE_PLACE.finditer(page.read_text())]
+    assert not hits, f"{page.relative_to(ROOT)}: {hits}"
+
+
+def _enclosing_functions(module: str, line: int) -> set[str]:
+    # The innermost def around ``line`` in each triosrv file named ``module``.
+    import ast
+
+    found = set()
+    for path in (ROOT / "triosrv").rglob(module):
+        best: tuple[int, str] | None = None
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                inside = node.lineno <= line <= (node.end_lineno or node.lineno)
+                if inside and (best is None or node.lineno > best[0]):
+                    best = (node.lineno, node.name)
+        if best is not None:
+            found.add(best[1])
+    return found
+
+
+def test_diagnose_status_sample_is_generated_from_the_code(docs_html: Path) -> None:
+    page = html.unescape((docs_html / "howto" / "diagnose.html").read_text())
+    for name in ("triosrv._server.serve", "triosrv deadline keeper", "connections: 2"):
+        assert name in page, name
+    places = SOURCE_PLACE.findall(re.sub(r"<[^>]+>", "", page))
+    assert len(places) >= 4
+    for function, module, line in places:
+        assert function in _enclosing_functions(module, int(line)), (function, module, line)
+
+
 def test_readme_links_point_at_existing_pages() -> None:
     readme = (ROOT / "README.md").read_text()
     links = re.findall(r"\]\((docs/[^)#]+)", readme)

@@ -6,6 +6,9 @@
   (``triosrv.diagnostics.metrics_registry`` on a server started for the purpose).
 - ``.. triosrv-status-example::``: the status document of a live server with one
   connection, as ``triosrv status --json`` prints it (the task tree cut short).
+- ``.. triosrv-status-text::``: the connections and task tree of ``triosrv status``
+  for a live server with two loopback connections, the tree from the server's own
+  task down: its ``file:line`` places are those of the code the docs are built from.
 """
 
 from __future__ import annotations
@@ -119,6 +122,42 @@ def status_example() -> str:
     return json.dumps(doc, indent=2)
 
 
+async def _status_text() -> str:
+    # A server on loopback with two real connections (peers show as addresses), one of
+    # which has echoed a message; the text `triosrv status` prints for it.
+    from triosrv.diagnostics import status_document
+    from triosrv.diagnostics._status import render_status
+
+    config = triosrv.ServerConfig(binds=("127.0.0.1:0",))
+    handler = triosrv.protocol_handler(triosrv.protocols.Echo)
+    started_wall = time.time()
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        server = await nursery.start(triosrv.serve, handler, config)
+        port = int(server.addresses[0].rsplit(":", 1)[1])
+        async with await trio.open_tcp_stream("127.0.0.1", port) as first:
+            await first.send_all(b"hi")
+            await first.receive_some()
+            async with await trio.open_tcp_stream("127.0.0.1", port):
+                with trio.fail_after(30):  # a real server on a maybe busy machine
+                    while server.statistics().active < 2:
+                        await trio.sleep(0.01)  # accepting happens in the server's task
+                await trio.sleep(0.05)  # a little age and idle time to show
+                doc = status_document(server, started_at=started, started_wall=started_wall)
+        server.shutdown(grace=1)
+    return render_status(doc)
+
+
+def status_text_example() -> list[str]:
+    """The connections table and task tree of ``triosrv status`` for a live server
+    with two connections; the tree above the server's own task is cut to ``...``."""
+    lines = trio.run(_status_text).splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("connections:")) :]
+    tree = lines.index("task tree:") + 1
+    serve = next(i for i, line in enumerate(lines) if "triosrv._server.serve" in line)
+    return [*lines[:tree], "...", *lines[serve:]]
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], widths: str) -> list[str]:
     lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
     for row in [header, *rows]:
@@ -158,8 +197,14 @@ class StatusExample(_Generated):
         return [".. code-block:: json", "", *[f"   {line}" for line in body]]
 
 
+class StatusText(_Generated):
+    def lines(self) -> list[str]:
+        return [".. code-block:: text", "", *[f"   {line}" for line in status_text_example()]]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("triosrv-config-keys", ConfigKeys)
     app.add_directive("triosrv-metrics", Metrics)
     app.add_directive("triosrv-status-example", StatusExample)
+    app.add_directive("triosrv-status-text", StatusText)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
