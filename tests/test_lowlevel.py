@@ -145,9 +145,11 @@ async def test_multiplexer_register_twice_or_unknown_is_keyerror(
 
 
 async def test_multiplexer_wait_timeout_returns_empty(mux: Multiplexer) -> None:
+    # Real time because select() and poll() time out in the kernel, in a thread: no
+    # virtual clock reaches them. Generous for a loaded machine; never early.
     start = trio.current_time()
     assert await mux.wait(timeout=0.1) == []
-    assert 0.09 < trio.current_time() - start < 1.0
+    assert 0.09 < trio.current_time() - start < 3.0
 
 
 async def test_multiplexer_wakeup_ends_a_wait_without_reporting_its_fd(mux: Multiplexer) -> None:
@@ -164,7 +166,10 @@ async def test_multiplexer_wakeup_ends_a_wait_without_reporting_its_fd(mux: Mult
         pytest.fail("a consumed wake-up woke a second wait")
 
 
-async def test_multiplexer_cancelled_wait_returns_within_50ms_and_joins(mux: Multiplexer) -> None:
+async def test_multiplexer_cancelled_wait_returns_promptly_and_joins(mux: Multiplexer) -> None:
+    # Real time because the wait is blocked in a real syscall (in a thread) that only the
+    # wake-up fd ends; without it the wait would never return (no timeout is set), so a
+    # generous bound still tells woken from stuck.
     threads_before = threading.active_count()
 
     async def cancel_soon(scope: trio.CancelScope) -> None:
@@ -178,7 +183,7 @@ async def test_multiplexer_cancelled_wait_returns_within_50ms_and_joins(mux: Mul
             nursery.start_soon(cancel_soon, scope)
             await mux.wait()
     assert scope.cancelled_caught
-    assert trio.current_time() - cancelled_at[0] < 0.05
+    assert trio.current_time() - cancelled_at[0] < 2.0
     busy = [t for t in threading.enumerate() if t.name.startswith("triosrv ")]
     assert busy == []  # the select()/poll() thread returned (to trio's idle cache)
     assert threading.active_count() <= threads_before + 1
@@ -317,7 +322,10 @@ async def test_epoll_edge_triggered_reports_each_change_once() -> None:
         b.close()
 
 
-async def test_try_every_fd_reports_everything_and_sleeps_when_idle() -> None:
+async def test_try_every_fd_reports_everything_and_sleeps_when_idle(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Virtual time: the loop's idle wait is a trio.sleep, and fds 5 and 6 are never read.
     poller = NonblockingMultiplexer(interval=0.2)
     moved = [0]
     poller.progress = lambda: moved[0]
@@ -326,11 +334,11 @@ async def test_try_every_fd_reports_everything_and_sleeps_when_idle() -> None:
     assert await poller.wait() == [(5, READABLE), (6, WRITABLE)]  # first pass: no sleep
     start = trio.current_time()
     await poller.wait()  # nothing moved since: sleeps one interval
-    assert trio.current_time() - start >= 0.19
+    assert trio.current_time() - start == pytest.approx(0.2)
     moved[0] += 1
     start = trio.current_time()
     await poller.wait()  # progress: straight on
-    assert trio.current_time() - start < 0.1
+    assert trio.current_time() == start
     assert poller.poll_now() == []
     poller.close()
 

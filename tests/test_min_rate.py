@@ -302,12 +302,15 @@ async def _with_connection(
 
 
 async def test_min_rate_closes_a_dripping_peer_on_every_backend(backend: str) -> None:
-    # One byte every 0.1 s is 10 bytes/s: under 100, and never idle for 1 s.
+    # One byte every 0.1 s is 10 bytes/s: under 100, and never idle for 1 s. No clock
+    # bound here: when the window fires is tested in virtual time above; this checks
+    # on every backend that the dripper is closed before its 5 s of dripping end, by
+    # the minimum rate and not the idle timeout.
     timeouts = Timeouts(idle=1.0, min_receive_rate=100, min_receive_rate_window=0.5)
     closed_after, _echoed, stats = await _with_connection(
         backend, timeouts, lambda stream: _send_every(stream, b"d", 0.1, count=50)
     )
-    assert closed_after is not None and 0.4 < closed_after < 3.0
+    assert closed_after is not None
     assert stats.timeouts["slow_receive"] == 1
     assert stats.timeouts["idle"] == 0
 
@@ -380,7 +383,8 @@ def test_min_rate_cli_bad_option_exits_2_naming_it(args: list[str]) -> None:
 
 async def test_min_rate_cli_options_reach_the_server() -> None:
     # With the default 60 s idle timeout, only the minimum rate can close a dripper
-    # within a few seconds.
+    # within a few seconds. Real time because the server is a subprocess: the one
+    # real-clock smoke test of the slow_receive kind.
     async with cli_server("--min-receive-rate", "100", "--min-receive-rate-window", "0.5") as srv:
         stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
         async with stream:

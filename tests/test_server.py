@@ -32,6 +32,10 @@ from .helpers import (
     triosrv_tasks,
 )
 
+# The latest a 0.3 s timeout (or grace) may fire in the real-time smoke tests below: late
+# only by a loaded machine's scheduling, never early.
+SMOKE_LATEST = 3.0
+
 
 async def test_serve_reports_the_real_port_and_leaves_nothing_behind() -> None:
     fds_before = open_fds()
@@ -190,7 +194,7 @@ async def test_shutdown_cancels_what_is_left_after_grace() -> None:
         assert await stream.receive_some() == b""
         await stream.aclose()
     assert cancelled == [True]
-    assert 0.25 < elapsed < 1.5
+    assert 0.25 < elapsed < SMOKE_LATEST
 
 
 async def test_cancelling_the_enclosing_scope_stops_everything_at_once(backend: str) -> None:
@@ -259,7 +263,8 @@ async def test_lifetime_timeout_over_a_real_socket(backend: str) -> None:
 # The timing of each timeout is tested in virtual time over memory streams
 # (test_connection.py: the mock clock fires false timeouts over real sockets). These three
 # check once, on the default backend, that the real clock agrees over a real socket: a
-# timeout of 0.3 s fires after 0.25..1.5 s, generous for a loaded machine. Grace's is
+# timeout of 0.3 s fires after 0.25..SMOKE_LATEST s, generous for a loaded machine (the
+# lower bound is what matters: never before its setting). Grace's is
 # test_shutdown_cancels_what_is_left_after_grace above.
 
 
@@ -268,10 +273,10 @@ async def test_write_timeout_smoke_fires_near_its_setting_over_a_real_socket() -
         sock = socket.create_connection(("127.0.0.1", tcp_port(server)))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         start = trio.current_time()
-        await wait_for(lambda: server.statistics().timeouts["write"], timeout=3, interval=0.02)
+        await wait_for(lambda: server.statistics().timeouts["write"], timeout=10, interval=0.02)
         elapsed = trio.current_time() - start
         sock.close()
-    assert 0.25 < elapsed < 1.5
+    assert 0.25 < elapsed < SMOKE_LATEST
 
 
 async def test_idle_timeout_smoke_fires_near_its_setting_over_a_real_socket() -> None:
@@ -280,10 +285,10 @@ async def test_idle_timeout_smoke_fires_near_its_setting_over_a_real_socket() ->
         await connect(server) as stream,
     ):
         start = trio.current_time()
-        with trio.fail_after(3):
+        with trio.fail_after(10):
             assert await stream.receive_some() == b""
         elapsed = trio.current_time() - start
-    assert 0.25 < elapsed < 1.5
+    assert 0.25 < elapsed < SMOKE_LATEST
 
 
 async def test_lifetime_timeout_smoke_fires_near_its_setting_over_a_real_socket() -> None:
@@ -292,11 +297,11 @@ async def test_lifetime_timeout_smoke_fires_near_its_setting_over_a_real_socket(
         await connect(server) as stream,
     ):
         start = trio.current_time()
-        with trio.fail_after(3):
+        with trio.fail_after(10):
             while await stream.receive_some():
                 pass
         elapsed = trio.current_time() - start
-    assert 0.25 < elapsed < 1.5
+    assert 0.25 < elapsed < SMOKE_LATEST
 
 
 async def test_daytime_sends_one_line_then_closes(backend: str) -> None:
