@@ -18,18 +18,18 @@ buffer never holds more than the largest limit asked for, plus one chunk.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
+from ._one_sender import OneSender
 from .protocols import IncompleteFrameError
 from .protocols._lines import find_delimiter
 
 __all__ = ["BufferedStream"]
 
 
-class BufferedStream(trio.abc.HalfCloseableStream):
+class BufferedStream(OneSender, trio.abc.HalfCloseableStream):
     """A stream wrapper with a read-ahead buffer and the everyday receive helpers.
 
     ::
@@ -233,18 +233,6 @@ class BufferedStream(trio.abc.HalfCloseableStream):
             raise TypeError(f"{type(stream).__name__} cannot send EOF")
         with self._send_guard():
             await stream.send_eof()
-
-    @contextlib.contextmanager
-    def _send_guard(self) -> Iterator[None]:
-        # The Stream contract: two tasks sending at once is a BusyResourceError, even
-        # when the wrapped stream would not notice (trio's lockstep streams don't).
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
-            yield
-        finally:
-            self._sending = False
 
     async def aclose(self) -> None:
         """Close this wrapper and the wrapped stream (idempotent)."""

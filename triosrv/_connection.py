@@ -34,7 +34,6 @@ receive rate rides on the same scan (:class:`~triosrv.SlowReceiveTimeout`; see
 from __future__ import annotations
 
 import abc
-import contextlib
 import socket
 from typing import TYPE_CHECKING
 
@@ -48,11 +47,10 @@ from ._errors import (
     SlowReceiveTimeout,
     WriteTimeout,
 )
+from ._one_sender import OneSender
 from .lowlevel._record import NOT_WAITING, RECEIVING, SENDING, ConnectionRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from trio.lowlevel import Task
 
     from ._config import Timeouts
@@ -65,7 +63,7 @@ _TIMEOUT_TYPES: dict[str, type[ConnectionTimeout]] = {
 }
 
 
-class Connection(ConnectionRecord, trio.abc.HalfCloseableStream):
+class Connection(OneSender, ConnectionRecord, trio.abc.HalfCloseableStream):
     """One client connection, as a handler sees it (an abstract base).
 
     A :class:`trio.abc.HalfCloseableStream` with:
@@ -205,18 +203,6 @@ class StreamConnection(Connection):
             finally:
                 self.waiting = NOT_WAITING
         self.bytes_sent += len(data)
-
-    @contextlib.contextmanager
-    def _send_guard(self) -> Iterator[None]:
-        # The Stream contract: two tasks sending at once is a BusyResourceError, even
-        # when the wrapped stream would not notice (trio's lockstep streams don't).
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
-            yield
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until a send would probably not block (see trio's Stream docs)."""
