@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import attrs
 
@@ -27,17 +27,22 @@ PROXY_PROTOCOL_MODES = ("off", "v1", "v2", "auto")
 DEFAULT_PROXY_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
 
 
+def is_positive_number(value: object) -> TypeGuard[int | float]:
+    """True for a finite int or float above zero (not a bool): the one test of a
+    positive number, for the config's validators and the option parsers."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def _seconds(field: str, *, allow_none: bool = True, unit: str = "seconds") -> Any:
     def check(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
         if value is None and allow_none:
             return
-        ok = (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value > 0
-        )
-        if not ok:
+        if not is_positive_number(value):
             what = f"a positive number of {unit}" + (" or None" if allow_none else "")
             raise ConfigError(f"{field}: expected {what}, got {value!r}")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import stat
 import tomllib
@@ -24,7 +23,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._backends import check_backend
-from ._config import BACKENDS, Limits, ServerConfig, Timeouts, check_unix_path, parse_bind
+from ._config import (
+    BACKENDS,
+    Limits,
+    ServerConfig,
+    Timeouts,
+    check_unix_path,
+    is_positive_number,
+    parse_bind,
+)
 from ._errors import ConfigError
 from ._handlers import Handler, load_handler
 from ._preamble import load_tls_context
@@ -48,15 +55,9 @@ def _rate(key: str, value: object) -> object:
 
 
 def _positive(key: str, value: object, what: str = "a positive number") -> float:
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-    if not ok:
+    if not is_positive_number(value):
         raise ConfigError(f"{key}: expected {what}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]  # checked just above
+    return float(value)
 
 
 def _int_range(low: int, high: int | None = None) -> Check:
