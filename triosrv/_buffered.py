@@ -22,14 +22,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
-from ._one_sender import OneSender
+from ._one_sender import WrapsSends
 from .protocols import IncompleteFrameError
 from .protocols._lines import find_delimiter
 
 __all__ = ["BufferedStream"]
 
 
-class BufferedStream(OneSender, trio.abc.HalfCloseableStream):
+class BufferedStream(WrapsSends, trio.abc.HalfCloseableStream):
     """A stream wrapper with a read-ahead buffer and the everyday receive helpers.
 
     ::
@@ -220,19 +220,6 @@ class BufferedStream(OneSender, trio.abc.HalfCloseableStream):
         """Send all of *data* on the wrapped stream."""
         with self._send_guard():
             await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """As the wrapped stream's."""
-        with self._send_guard():
-            await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """Send EOF on the wrapped stream (TypeError if it cannot half-close)."""
-        stream = self.stream
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
-            raise TypeError(f"{type(stream).__name__} cannot send EOF")
-        with self._send_guard():
-            await stream.send_eof()
 
     async def aclose(self) -> None:
         """Close this wrapper and the wrapped stream (idempotent)."""

@@ -47,7 +47,7 @@ from ._errors import (
     SlowReceiveTimeout,
     WriteTimeout,
 )
-from ._one_sender import OneSender
+from ._one_sender import WrapsSends
 from .lowlevel._record import NOT_WAITING, RECEIVING, SENDING, ConnectionRecord
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ _TIMEOUT_TYPES: dict[str, type[ConnectionTimeout]] = {
 }
 
 
-class Connection(OneSender, ConnectionRecord, trio.abc.HalfCloseableStream):
+class Connection(ConnectionRecord, trio.abc.HalfCloseableStream):
     """One client connection, as a handler sees it (an abstract base).
 
     A :class:`trio.abc.HalfCloseableStream` with:
@@ -150,7 +150,7 @@ class Connection(OneSender, ConnectionRecord, trio.abc.HalfCloseableStream):
         raise _TIMEOUT_TYPES[kind](getattr(timeouts, kind, None)) from None
 
 
-class StreamConnection(Connection):
+class StreamConnection(WrapsSends, Connection):
     """A :class:`Connection` over any trio stream (``stream``), which it owns.
 
     It cannot know whether an operation will block, so it marks each one as a wait
@@ -203,19 +203,6 @@ class StreamConnection(Connection):
             finally:
                 self.waiting = NOT_WAITING
         self.bytes_sent += len(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """Wait until a send would probably not block (see trio's Stream docs)."""
-        with self._send_guard():
-            await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """Close our sending side (TCP FIN); the peer's receive then returns ``b""``."""
-        stream = self.stream
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
-            raise TypeError(f"{type(stream).__name__} cannot send EOF")
-        with self._send_guard():
-            await stream.send_eof()
 
     async def aclose(self) -> None:
         """Close the connection and its stream (idempotent)."""
