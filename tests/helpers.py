@@ -7,11 +7,12 @@ import logging
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import trio
+import trio.testing
 
 import triosrv
 from triosrv._server import Handler
@@ -31,6 +32,64 @@ class StrictEcho(Echo):
                 f"answer() got a {type(data).__name__} of {len(data)} bytes, max_bytes={max_bytes}"
             )
         return super().answer(data, max_bytes)
+
+
+async def send_in_pieces(
+    peer: trio.abc.HalfCloseableStream, wire: bytes, pieces: Iterable[tuple[int, float]]
+) -> None:
+    """Send ``wire`` on ``peer`` in pieces of the given sizes, each ``(size, pause)``
+    pausing that many seconds after its piece (tests run it in virtual time), then the
+    rest, then EOF."""
+    rest = wire
+    for size, pause in pieces:
+        await peer.send_all(rest[:size])
+        rest = rest[size:]
+        if pause:
+            await trio.sleep(pause)
+    await peer.send_all(rest)
+    await peer.send_eof()
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+R = TypeVar("R", bound=_Closable)
+
+
+def receive_dripped_with_timeouts(
+    wire: bytes,
+    chunk_delays: Sequence[tuple[int, int]],
+    timeouts: Sequence[int],
+    wrap: Callable[[trio.abc.Stream], R],
+    receive_one: Callable[[R], Awaitable[bytes | None]],
+) -> list[bytes]:
+    """In virtual time: a peer sends ``wire`` in pieces (``(size, pause seconds)``
+    each), then the rest and EOF; over our end wrapped by ``wrap``, ``receive_one``
+    runs under a deadline from ``timeouts`` in turn, retried after each timeout, until
+    it returns None (the end). Returns what the receives returned, in order."""
+
+    async def main() -> list[bytes]:
+        peer, ours = trio.testing.memory_stream_pair()
+        receiver = wrap(ours)
+
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_in_pieces, peer, wire, chunk_delays)
+            attempt = 0
+            while True:
+                with trio.move_on_after(timeouts[attempt % len(timeouts)]):
+                    item = await receive_one(receiver)
+                    if item is None:
+                        break
+                    got.append(item)
+                attempt += 1
+        await receiver.aclose()
+        await peer.aclose()
+        return got
+
+    result: list[bytes] = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return result
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ import triosrv
 from triosrv import BufferedStream, Connection, FrameChannel, ServerConfig, Timeouts
 from triosrv.protocols import FrameTooLongError, IncompleteFrameError, LengthPrefixFramer
 
+from .helpers import receive_dripped_with_timeouts, send_in_pieces
 from .test_framed import EndlessStream
 
 
@@ -189,16 +190,8 @@ def test_buffered_stream_lines_for_any_chunking(
         peer, ours = trio.testing.memory_stream_pair()
         stream = BufferedStream(ours, receive_size=receive_size)
 
-        async def send() -> None:
-            rest = wire
-            for cut in cuts:
-                await peer.send_all(rest[:cut])
-                rest = rest[cut:]
-            await peer.send_all(rest)
-            await peer.send_eof()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
+            nursery.start_soon(send_in_pieces, peer, wire, [(cut, 0) for cut in cuts])
             got = [line async for line in stream.lines(max_length=30)]
         await peer.aclose()
         await stream.aclose()
@@ -265,12 +258,7 @@ def test_buffered_stream_receive_until_matches_its_model(
     async def main() -> list[object]:
         peer, ours = trio.testing.memory_stream_pair()
         stream = BufferedStream(ours, receive_size=receive_size)
-        rest = data
-        for cut in cuts:
-            await peer.send_all(rest[:cut])
-            rest = rest[cut:]
-        await peer.send_all(rest)
-        await peer.send_eof()
+        await send_in_pieces(peer, data, [(cut, 0) for cut in cuts])
         out: list[object] = []
         while True:
             try:
@@ -301,33 +289,15 @@ def test_buffered_stream_timeouts_at_any_moment_lose_no_line(
     # timeout, on virtual time; every line arrives once, in order.
     wire = b"".join(line + b"\n" for line in lines)
 
-    async def main() -> list[bytes]:
-        peer, ours = trio.testing.memory_stream_pair()
-        stream = BufferedStream(ours, receive_size=7)
+    async def receive_line(stream: BufferedStream) -> bytes | None:
+        try:
+            return await stream.receive_until(b"\n", max_bytes=20)
+        except IncompleteFrameError as exc:
+            assert exc.received == 0
+            return None
 
-        async def send() -> None:
-            rest = wire
-            for size, delay in chunk_delays:
-                await peer.send_all(rest[:size])
-                rest = rest[size:]
-                await trio.sleep(delay)
-            await peer.send_all(rest)
-            await peer.send_eof()
+    def wrap(ours: trio.abc.Stream) -> BufferedStream:
+        return BufferedStream(ours, receive_size=7)
 
-        got: list[bytes] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
-            attempt = 0
-            while True:
-                with trio.move_on_after(timeouts[attempt % len(timeouts)]):
-                    try:
-                        got.append(await stream.receive_until(b"\n", max_bytes=20))
-                    except IncompleteFrameError as exc:
-                        assert exc.received == 0
-                        break
-                attempt += 1
-        await stream.aclose()
-        await peer.aclose()
-        return got
-
-    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == lines
+    got = receive_dripped_with_timeouts(wire, chunk_delays, timeouts, wrap, receive_line)
+    assert got == lines

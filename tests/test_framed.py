@@ -22,6 +22,7 @@ from triosrv.protocols import (
 )
 from triosrv.testing import open_test_server
 
+from .helpers import receive_dripped_with_timeouts, send_in_pieces
 from .test_framing import FRAMERS, Outcome, run, split, streams
 
 
@@ -167,16 +168,8 @@ def test_frame_channel_gives_the_framers_frames_for_any_chunking(
         receiver = FrameChannel(ours, NetstringFramer(max_length=40), receive_size=receive_size)
         wire = b"".join(NetstringFramer(max_length=40).frame(p) for p in payloads)
 
-        async def send() -> None:
-            rest = wire
-            for cut in cuts:
-                await peer.send_all(rest[:cut])
-                rest = rest[cut:]
-            await peer.send_all(rest)
-            await peer.send_eof()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
+            nursery.start_soon(send_in_pieces, peer, wire, [(cut, 0) for cut in cuts])
             frames = [frame async for frame in receiver]
         await sender.aclose()
         await receiver.aclose()
@@ -297,32 +290,14 @@ def test_frame_channel_timeouts_at_any_moment_lose_no_frame(
     framer = LengthPrefixFramer("varint", max_length=30)
     wire = b"".join(framer.frame(p) for p in payloads)
 
-    async def main() -> list[bytes]:
-        peer, ours = trio.testing.memory_stream_pair()
-        channel = FrameChannel(ours, LengthPrefixFramer("varint", max_length=30))
+    async def receive_frame(channel: FrameChannel) -> bytes | None:
+        try:
+            return await channel.receive()
+        except trio.EndOfChannel:
+            return None
 
-        async def send() -> None:
-            rest = wire
-            for size, delay in chunk_delays:
-                await peer.send_all(rest[:size])
-                rest = rest[size:]
-                await trio.sleep(delay)
-            await peer.send_all(rest)
-            await peer.send_eof()
+    def wrap(ours: trio.abc.Stream) -> FrameChannel:
+        return FrameChannel(ours, LengthPrefixFramer("varint", max_length=30))
 
-        got: list[bytes] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
-            attempt = 0
-            while True:
-                with trio.move_on_after(timeouts[attempt % len(timeouts)]):
-                    try:
-                        got.append(await channel.receive())
-                    except trio.EndOfChannel:
-                        break
-                attempt += 1
-        await channel.aclose()
-        await peer.aclose()
-        return got
-
-    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == payloads
+    got = receive_dripped_with_timeouts(wire, chunk_delays, timeouts, wrap, receive_frame)
+    assert got == payloads
