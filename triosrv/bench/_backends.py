@@ -54,7 +54,7 @@ from .._server_processes import (
 )
 from ._conns import ConnectionPool, ping_pong
 from ._load import run_load
-from ._paired import run_paired, swapped
+from ._paired import PairedResult, run_paired, swapped
 from ._report import cpu_us_per_round_trip
 
 __all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend", "running_baseline"]
@@ -198,7 +198,7 @@ def _versus(
 ) -> dict[str, Any]:
     # The backend (B) against the baseline (A) in alternating windows, then the same
     # with the two swapped, half the time each: whatever favours one side cancels.
-    def paired(port_a: int, port_b: int) -> Any:
+    def paired(port_a: int, port_b: int) -> PairedResult:
         return run_paired(
             "127.0.0.1",
             port_a,
