@@ -47,12 +47,12 @@ within a second); half of the time with the reference as A, half the other way r
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -68,11 +68,11 @@ from triosrv._server_processes import (  # noqa: E402  # noqa: E402
     BenchError,
     ServerProcess,
     baseline_cmd,
+    cpu_share_during,
     listen_has_backend,
     machine_facts,
     machine_lines,
     plan_cpus,
-    process_cpu_seconds,
     running_server,
     triosrv_listen_cmd,
 )
@@ -216,19 +216,21 @@ def parse_commands(parser: argparse.ArgumentParser, items: list[str]) -> dict[st
 
 def measure(server: ServerProcess, connections: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run against one server: the generator's result plus the server's CPU share."""
-    cpu0, t0 = process_cpu_seconds(server.proc.pid), time.monotonic()
-    result: LoadResult = run_load(
-        "127.0.0.1",
-        server.port,
-        connections=connections,
-        size=args.size,
-        duration=args.duration,
-        warmup=args.warmup,
-        connect_timeout=CONNECT_TIMEOUT,
+    result: LoadResult
+    result, server_cpu = cpu_share_during(
+        server.proc.pid,
+        functools.partial(
+            run_load,
+            "127.0.0.1",
+            server.port,
+            connections=connections,
+            size=args.size,
+            duration=args.duration,
+            warmup=args.warmup,
+            connect_timeout=CONNECT_TIMEOUT,
+        ),
     )
-    cpu1, wall = process_cpu_seconds(server.proc.pid), time.monotonic() - t0
     server.check_alive(f"C={connections}")
-    server_cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall
     return {**result.to_dict(), "server_cpu": server_cpu}
 
 

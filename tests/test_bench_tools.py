@@ -24,7 +24,12 @@ from pathlib import Path
 import attrs
 import pytest
 
-from triosrv._server_processes import baseline_cmd, listen_has_backend, running_server
+from triosrv._server_processes import (
+    baseline_cmd,
+    cpu_share_during,
+    listen_has_backend,
+    running_server,
+)
 from triosrv.bench import BackendsPlan, _cengine, bench_backends, bench_threads_vs_tasks
 from triosrv.bench._conns import ConnectionPool, ping_pong
 from triosrv.bench._loadcmd import parse_target
@@ -148,6 +153,15 @@ def test_connection_pool_stops_at_a_refused_connection() -> None:
             pool.close()
     assert pool.failure is not None
     assert "refused" in pool.failure.lower()
+
+
+def test_cpu_share_during_measures_the_process_and_none_once_it_is_gone() -> None:
+    result, share = cpu_share_during(os.getpid(), lambda: sum(range(300_000)))
+    assert result == sum(range(300_000))
+    assert share is not None and share > 0  # this process ran the sum meanwhile
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert cpu_share_during(gone.pid, lambda: "ran") == ("ran", None)
 
 
 def test_switch_benchmarks_measure_a_positive_cost() -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import attrs
 
@@ -40,6 +40,7 @@ __all__ = [
     "BenchError",
     "ServerProcess",
     "baseline_cmd",
+    "cpu_share_during",
     "listen_has_backend",
     "machine_facts",
     "machine_lines",
@@ -47,13 +48,12 @@ __all__ = [
     "placement",
     "plan_cpus",
     "process_cpu_ns",
-    "process_cpu_seconds",
-    "process_cpu_times",
     "process_rss_bytes",
     "running_server",
     "triosrv_listen_cmd",
 ]
 
+T = TypeVar("T")
 READY = re.compile(rb"listening on tcp://127\.0\.0\.1:(\d+)")
 START_TIMEOUT = 20.0  # seconds a server may take to print its ready line
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -214,27 +214,6 @@ def running_server(
             _stop(proc)
 
 
-def process_cpu_times(pid: int) -> tuple[float, float] | None:
-    """(user, system) CPU seconds of a process so far, from /proc; None if unreadable.
-
-    User time is the process's own code (for a Python server: the interpreter); system
-    time is the kernel working for it (syscalls, and on loopback the peer's TCP receive).
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far, from /proc; None if unreadable."""
-    times = process_cpu_times(pid)
-    return None if times is None else times[0] + times[1]
-
-
 def process_cpu_ns(pid: int) -> int | None:
     """Nanoseconds on a CPU of all threads of a process so far (schedstat); None if gone.
 
@@ -252,6 +231,19 @@ def process_cpu_ns(pid: int) -> int | None:
         except FileNotFoundError:
             continue  # a thread that ended meanwhile; its time is lost, not wrong
     return total
+
+
+def cpu_share_during(pid: int, measure: Callable[[], T]) -> tuple[T, float | None]:
+    """Run ``measure``; return what it returned and the CPU seconds process ``pid`` used
+    meanwhile per wall second (:func:`process_cpu_ns`; None if the process is gone or
+    /proc unreadable). The bench tools' one CPU-share measurement, the input of
+    ``cpu_us_per_round_trip``."""
+    before, started = process_cpu_ns(pid), time.monotonic()
+    result = measure()
+    after, wall = process_cpu_ns(pid), time.monotonic() - started
+    if before is None or after is None or wall <= 0:
+        return result, None
+    return result, (after - before) / 1e9 / wall
 
 
 def process_rss_bytes(pid: int) -> int | None:

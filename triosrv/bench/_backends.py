@@ -37,7 +37,7 @@ import signal
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
@@ -47,8 +47,8 @@ from .._server_processes import (
     BenchError,
     ServerProcess,
     baseline_cmd,
+    cpu_share_during,
     listen_has_backend,
-    process_cpu_ns,
     running_server,
     triosrv_listen_cmd,
 )
@@ -58,8 +58,6 @@ from ._paired import PairedResult, run_paired, swapped
 from ._report import cpu_us_per_round_trip
 
 __all__ = ["BACKENDS", "READINESS", "BackendsPlan", "measure_backend", "running_baseline"]
-
-T = TypeVar("T")
 
 # How each backend finds a ready connection: (short, for the table; long, for the legend).
 READINESS = {
@@ -124,21 +122,10 @@ def backend_cmd(name: str, *options: str, has_backend: bool) -> list[str]:
     return base
 
 
-def _cpu_share(server: ServerProcess, measure: Callable[[], T]) -> tuple[T, float | None]:
-    # What `measure` returns, and the server's CPU seconds per wall second meanwhile
-    # (None if the server is gone).
-    before, started = process_cpu_ns(server.proc.pid), time.monotonic()
-    result = measure()
-    after, wall = process_cpu_ns(server.proc.pid), time.monotonic() - started
-    if before is None or after is None or wall <= 0:
-        return result, None
-    return result, (after - before) / 1e9 / wall
-
-
 def _idle_cpu(server: ServerProcess, seconds: float) -> float | None:
     # CPU share of the server while every connection it holds is idle; the sleep is
     # the measurement itself: nothing happens meanwhile, by design.
-    return _cpu_share(server, lambda: time.sleep(seconds))[1]
+    return cpu_share_during(server.proc.pid, lambda: time.sleep(seconds))[1]
 
 
 def _ladder(
@@ -167,8 +154,8 @@ def _echo(
     row: dict[str, Any],
 ) -> None:
     for connections in plan.echo_connections:
-        result, share = _cpu_share(
-            server,
+        result, share = cpu_share_during(
+            server.proc.pid,
             functools.partial(
                 run_load,
                 "127.0.0.1",
