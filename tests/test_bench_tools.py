@@ -156,12 +156,42 @@ def test_connection_pool_stops_at_a_refused_connection() -> None:
 
 
 def test_cpu_share_during_measures_the_process_and_none_once_it_is_gone() -> None:
-    result, share = cpu_share_during(os.getpid(), lambda: sum(range(300_000)))
-    assert result == sum(range(300_000))
-    assert share is not None and share > 0  # this process ran the sum meanwhile
+    for fine in (False, True):
+        # Long enough for a few clock ticks (the coarse reading counts in 10 ms).
+        result, share = cpu_share_during(os.getpid(), _spin, fine=fine)
+        assert result > 0
+        assert share is not None and share > 0  # this process ran the loop meanwhile
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert cpu_share_during(gone.pid, lambda: "ran") == ("ran", None)
+    assert cpu_share_during(gone.pid, lambda: "ran", fine=True) == ("ran", None)
+
+
+def test_cpu_share_during_keeps_the_time_of_threads_that_ended() -> None:
+    # A thread-per-connection server's threads end with the load's connections: the
+    # default reading still counts what they used.
+    def in_a_thread() -> int:
+        results: list[int] = []
+        thread = threading.Thread(target=lambda: results.append(_spin()))
+        thread.start()
+        thread.join()
+        return results[0]
+
+    started = time.monotonic()
+    _result, share = cpu_share_during(os.getpid(), in_a_thread)
+    wall = time.monotonic() - started
+    # The thread used 0.2 s of CPU; lost with it, the share would be near zero.
+    assert share is not None and share * wall > 0.1
+
+
+def _spin() -> int:
+    # Busy for about 0.2 s of CPU: a fixed amount of work would be too short on a fast
+    # machine for clock ticks to see it.
+    deadline = time.process_time() + 0.2
+    loops = 0
+    while time.process_time() < deadline:
+        loops += 1
+    return loops
 
 
 def test_switch_benchmarks_measure_a_positive_cost() -> None:

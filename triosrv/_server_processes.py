@@ -48,6 +48,8 @@ __all__ = [
     "placement",
     "plan_cpus",
     "process_cpu_ns",
+    "process_cpu_seconds",
+    "process_cpu_times",
     "process_rss_bytes",
     "running_server",
     "triosrv_listen_cmd",
@@ -233,17 +235,51 @@ def process_cpu_ns(pid: int) -> int | None:
     return total
 
 
-def cpu_share_during(pid: int, measure: Callable[[], T]) -> tuple[T, float | None]:
+def cpu_share_during(
+    pid: int, measure: Callable[[], T], *, fine: bool = False
+) -> tuple[T, float | None]:
     """Run ``measure``; return what it returned and the CPU seconds process ``pid`` used
-    meanwhile per wall second (:func:`process_cpu_ns`; None if the process is gone or
-    /proc unreadable). The bench tools' one CPU-share measurement, the input of
-    ``cpu_us_per_round_trip``."""
-    before, started = process_cpu_ns(pid), time.monotonic()
+    meanwhile per wall second (None if the process is gone or /proc unreadable). The
+    bench tools' one CPU-share measurement, the input of ``cpu_us_per_round_trip``.
+
+    By default the reading is :func:`process_cpu_seconds`: clock ticks, but it keeps
+    the time of threads that ended meanwhile (a thread-per-connection server's threads
+    end with the load's connections). ``fine`` reads :func:`process_cpu_ns` instead:
+    nanoseconds, for short windows in which no thread ends (an idle server)."""
+    read = _cpu_ns_as_seconds if fine else process_cpu_seconds
+    before, started = read(pid), time.monotonic()
     result = measure()
-    after, wall = process_cpu_ns(pid), time.monotonic() - started
+    after, wall = read(pid), time.monotonic() - started
     if before is None or after is None or wall <= 0:
         return result, None
-    return result, (after - before) / 1e9 / wall
+    return result, (after - before) / wall
+
+
+def _cpu_ns_as_seconds(pid: int) -> float | None:
+    ns = process_cpu_ns(pid)
+    return None if ns is None else ns / 1e9
+
+
+def process_cpu_times(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of a process so far, from /proc; None if unreadable.
+
+    User time is the process's own code (for a Python server: the interpreter); system
+    time is the kernel working for it (syscalls, and on loopback the peer's TCP receive).
+    Threads that ended are included.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, from /proc; None if unreadable."""
+    times = process_cpu_times(pid)
+    return None if times is None else times[0] + times[1]
 
 
 def process_rss_bytes(pid: int) -> int | None:

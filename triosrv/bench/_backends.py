@@ -125,7 +125,7 @@ def backend_cmd(name: str, *options: str, has_backend: bool) -> list[str]:
 def _idle_cpu(server: ServerProcess, seconds: float) -> float | None:
     # CPU share of the server while every connection it holds is idle; the sleep is
     # the measurement itself: nothing happens meanwhile, by design.
-    return cpu_share_during(server.proc.pid, lambda: time.sleep(seconds))[1]
+    return cpu_share_during(server.proc.pid, lambda: time.sleep(seconds), fine=True)[1]
 
 
 def _ladder(
