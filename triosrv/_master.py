@@ -51,7 +51,7 @@ from ._errors import BindError, ConfigError, lone_exception
 from ._listeners import Listener, open_listeners
 from ._options import effective_options, server_config
 from ._runner import (
-    DRAIN_SIGNALS,
+    HANDLED_SIGNALS,
     IGNORED_SIGNALS,
     INFO_SIGNALS,
     _begin_drain,
@@ -69,12 +69,10 @@ logger = logging.getLogger("triosrv")
 
 #: Options a reload cannot change: the master's sockets and endpoints stay as bound.
 FIXED_ON_RELOAD = ("bind", "host", "port", "systemd", "backlog", "reuse-port", "control", "metrics")
+#: Seconds a reload waits for the old generation's workers to stop accepting.
+RETIRE_TIMEOUT = 5.0
 #: How many reload attempts ``status`` remembers.
 RELOAD_HISTORY = 20
-#: Signals that stop (a second one cancels the drains); SIGQUIT is Ctrl-\ (nginx's
-#: graceful stop). SIGHUP reloads; SIGUSR1/2 log one line of statistics; the rest of
-#: those the runner ignores get one log line.
-STOP_SIGNALS = DRAIN_SIGNALS
 
 
 class LocalGeneration:
@@ -112,6 +110,11 @@ class LocalGeneration:
             _begin_drain(self.server, reason)
         elif grace is not None:
             self.server.shutdown(grace)
+
+    async def wait_not_accepting(self, timeout: float) -> bool:
+        """After :meth:`stop`: True; the server closed its listeners when it was told."""
+        await trio.lowlevel.checkpoint()
+        return True
 
     def cancel(self, reason: str) -> None:
         """Cancel every connection now (a second stop signal)."""
@@ -213,8 +216,9 @@ class Master:
         )
         self.rundir = tempfile.mkdtemp(prefix="triosrv-")
         try:
-            handled = (*STOP_SIGNALS, signal.SIGHUP, *INFO_SIGNALS, *IGNORED_SIGNALS)
-            with trio.open_signal_receiver(*handled) as signals:
+            # The runner's: DRAIN_SIGNALS stop, SIGHUP reloads, INFO_SIGNALS log the
+            # generations, IGNORED_SIGNALS get one line.
+            with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
                 try:
                     return await self._serve(signals, task_status)
                 except BaseExceptionGroup as group:
@@ -432,6 +436,14 @@ class Master:
         configure_logging(str(options["log-level"]), str(options["log-format"]))
         if old is not None:
             old.stop()
+            # "serving" is said once the new code is the only code that accepts: an
+            # old worker closes its listeners when its SIGTERM is handled, a moment on.
+            if not await old.wait_not_accepting(RETIRE_TIMEOUT):
+                logger.warning(
+                    "reload: generation %d still accepting %g s after it was told to stop",
+                    old.number,
+                    RETIRE_TIMEOUT,
+                )
         logger.info(
             "reload: generation %d serving (pids %s); generation %s draining",
             generation.number,

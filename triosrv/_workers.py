@@ -149,6 +149,9 @@ class ProcessGeneration:
         self._failed: str | None = None
         self._rundir = rundir
         self._receivers: dict[int, socket.socket] = {}
+        # Workers that closed their listeners (said STOPPING=1) or exited, once stopping.
+        self._not_accepting: set[int] = set()
+        self._none_accepting = trio.Event()
 
     def status(self) -> list[WorkerStatus]:
         """A copy of every worker's status, in index order."""
@@ -172,7 +175,22 @@ class ProcessGeneration:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
 
+    async def wait_not_accepting(self, timeout: float) -> bool:
+        """After :meth:`stop`: wait until no worker accepts any more (each closed its
+        listeners, which it says with ``STOPPING=1``, or exited), at most ``timeout``
+        seconds; True if none does."""
+        with trio.move_on_after(timeout):
+            await self._none_accepting.wait()
+        return self._none_accepting.is_set()
+
+    def _stopped_accepting(self, slot: WorkerStatus) -> None:
+        self._not_accepting.add(slot.index)
+        if all(s.index in self._not_accepting for s in self._slots):
+            self._none_accepting.set()
+
     def _notified(self, slot: WorkerStatus, fields: Mapping[str, str]) -> None:
+        if fields.get("STOPPING") == "1":
+            self._stopped_accepting(slot)
         if "STATUS" in fields:
             slot.message = fields["STATUS"]
         if fields.get("READY") == "1" and slot.state == "starting":
@@ -300,6 +318,7 @@ class ProcessGeneration:
                 await self._stopping.wait()
             backoff = min(backoff * 2, self._backoff.maximum)
         slot.state = "stopped"
+        self._stopped_accepting(slot)
 
     def _environment(self, slot: WorkerStatus) -> dict[str, str]:
         assert slot.control is not None
