@@ -38,15 +38,19 @@ runs ``serve()``) or ``handler_errors="raise"`` ends a server. Nothing a peer se
 exception a handler raises does.
 
 ``trio.Cancelled`` is never swallowed anywhere: it belongs to a scope above whoever
-sees it. ``KeyboardInterrupt`` raised *by a handler* is a handler error; one raised by
-trio for a real Ctrl-C never reaches a handler, because connection tasks run with KI
-protection enabled and trio delivers it to the main task instead.
+sees it. A ``Cancelled`` that a handler raises while no scope around it is cancelled
+(made by hand, or kept from an inner scope) belongs to no scope: it is that handler's
+error (:func:`is_handler_failure`).
+``KeyboardInterrupt`` raised *by a handler* is a handler error; one raised by trio for a
+real Ctrl-C never reaches a handler, because connection tasks run with KI protection
+enabled and trio delivers it to the main task instead.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -96,8 +100,21 @@ def accept_error_pause(exc: OSError) -> float:
 
 def is_handler_failure(exc: BaseException) -> bool:
     """True for what a handler may raise that ends only its own connection: every
-    exception but ``trio.Cancelled`` (which belongs to a scope above the handler)."""
-    return not isinstance(exc, trio.Cancelled)
+    exception but a ``trio.Cancelled`` that belongs to a cancelled scope above the
+    handler. Call it from the task that ran the handler, in its ``except``.
+
+    A ``Cancelled`` while no scope around the calling task is cancelled was made or
+    kept by the handler itself (``trio.Cancelled._create()``, or one caught from an
+    inner scope and raised again later): no scope would catch it on its way up, and it
+    would end the whole server. It is that handler's error.
+    """
+    return not (isinstance(exc, trio.Cancelled) and cancelled_from_above())
+
+
+def cancelled_from_above() -> bool:
+    """True when a scope around the calling task is cancelled, so a ``Cancelled``
+    raised here has a scope that will catch it."""
+    return trio.current_effective_deadline() == -math.inf
 
 
 # -- log rate limiting --------------------------------------------------------------

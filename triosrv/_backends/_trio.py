@@ -16,7 +16,7 @@ import trio
 
 from .._connection import Connection, SocketConnection
 from .._errors import ConnectionTimeout
-from .._isolation import is_handler_failure
+from .._isolation import cancelled_from_above, is_handler_failure
 from ._base import AcceptingBackend
 
 logger = logging.getLogger("triosrv")
@@ -69,6 +69,10 @@ class TrioBackend(AcceptingBackend):
             # above us (the connection's, or the server's) and goes on up; the rest is
             # sorted like an ungrouped exception.
             cancelled, rest = group.split(trio.Cancelled)
+            if cancelled is not None and not cancelled_from_above():
+                # No scope around us is cancelled: the handler made these Cancelled
+                # itself, and nothing above would catch them (_isolation.py).
+                cancelled, rest = None, group
             if rest is not None:
                 expected, unexpected = rest.split((ConnectionTimeout, trio.BrokenResourceError))
                 if unexpected is None:
