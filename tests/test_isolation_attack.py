@@ -5,10 +5,20 @@ echoes."""
 
 from __future__ import annotations
 
+import functools
+import json
+import socket
+import threading
+from pathlib import Path
+
 import pytest
 import trio
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import triosrv
+from triosrv._cli import main
 from triosrv._config import BACKENDS
 from triosrv.protocols import Echo
 
@@ -84,3 +94,110 @@ async def test_attack_async_handler_raising_a_kept_cancelled_is_a_handler_error(
             await assert_still_echoes(earlier)
         assert server.statistics().handler_errors == 1
         assert server.state == "serving"
+
+
+# -- triosrv status against whatever listens on the socket ---------------------------
+
+FAKE_ANSWERS = {
+    "not UTF-8": b"\xb1\xdd\xff{}\n",
+    "nested too deeply": b"[" * 100_000 + b"\n",
+    "integer of 5000 digits": b'{"pid": ' + b"9" * 5000 + b"}\n",
+    "not a status": b'{"version": 1, "connections": "x", "tasks": 5}\n',
+}
+
+
+def serve_one_answer(path: str, answer: bytes) -> threading.Thread:
+    """A stranger on the control socket: answers one request with ``answer``."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    listener.settimeout(30)
+
+    def run() -> None:
+        with listener:
+            client, _ = listener.accept()
+            with client:
+                client.recv(65536)
+                client.sendall(answer)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("args", [[], ["--json"], ["--drain"], ["--reload"]])
+@pytest.mark.parametrize("answer", list(FAKE_ANSWERS), ids=list(FAKE_ANSWERS))
+def test_attack_status_against_a_stranger_is_one_line(
+    answer: str, args: list[str], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "c.sock")
+    thread = serve_one_answer(path, FAKE_ANSWERS[answer])
+    result = CliRunner().invoke(main, ["status", "--control", path, *args])
+    thread.join(timeout=10)
+    if answer == "not a status" and args == ["--json"]:
+        assert result.exit_code == 0  # valid JSON, printed as it is
+        return
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.output.startswith("error: the answer")
+    assert result.output.count("\n") == 1
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@functools.cache
+def real_status() -> str:
+    """The JSON status document of a server with one connection."""
+    from triosrv.diagnostics import status_document
+
+    async def build() -> str:
+        async with running_server() as server, await connect(server) as client:
+            await assert_still_echoes(client)
+            doc = status_document(server, started_at=0, started_wall=0)
+            return json.dumps(doc)
+
+    return trio.run(build)
+
+
+def json_paths(doc: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every path (keys and indexes) into ``doc``."""
+    paths = [prefix]
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            paths += json_paths(value, (*prefix, key))
+    elif isinstance(doc, list):
+        for index, value in enumerate(doc):
+            paths += json_paths(value, (*prefix, index))
+    return paths
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), value=JSON_VALUES)
+def test_attack_status_renders_any_json_object_or_says_it_cannot(
+    data: st.DataObject, value: object
+) -> None:
+    from triosrv._cli import _drain_text, _render
+    from triosrv.diagnostics._status import render_status
+
+    doc = json.loads(real_status())
+    # One field of a real answer replaced by any JSON value (or deleted).
+    path = data.draw(st.sampled_from(json_paths(doc)[1:]))
+    parent = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    for render in (render_status, _drain_text):
+        try:
+            assert isinstance(_render(render, doc), str)
+        except SystemExit as exc:
+            assert exc.code == 1

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import attrs
@@ -485,7 +486,7 @@ def status(
         if as_json:
             _echo_json(answer)
         else:
-            click.echo(f"reloaded: generation {answer['generation']} serving")
+            click.echo(_render(lambda a: f"reloaded: generation {a['generation']} serving", answer))
         return
     if drain:
         request: dict[str, object] = {"cmd": "drain"}
@@ -495,8 +496,7 @@ def status(
         if as_json:
             _echo_json(answer)
         else:
-            grace_text = "unlimited" if answer["grace"] is None else f"{answer['grace']:g} s"
-            click.echo(f"draining {answer['active']} connection(s), grace {grace_text}")
+            click.echo(_render(_drain_text, answer))
         return
     if grace is not None:
         raise click.UsageError("--grace goes with --drain")
@@ -519,7 +519,21 @@ def status(
 
 
 def _show_status(doc: dict[str, object]) -> None:
-    click.echo(render_status(doc))
+    click.echo(_render(render_status, doc))
+
+
+def _drain_text(answer: dict[str, Any]) -> str:
+    grace_text = "unlimited" if answer["grace"] is None else f"{answer['grace']:g} s"
+    return f"draining {answer['active']} connection(s), grace {grace_text}"
+
+
+def _render(render: Callable[[dict[str, Any]], str], answer: dict[str, Any]) -> str:
+    # The answer is JSON but perhaps not triosrv's (another program on the socket, a
+    # newer or older server): one line and exit 1, not a traceback.
+    try:
+        return render(answer)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        _fail(f"the answer is not a triosrv control answer ({type(exc).__name__}: {exc})")
 
 
 def _refresh(show: Any, doc: dict[str, object]) -> None:

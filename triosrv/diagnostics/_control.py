@@ -302,8 +302,11 @@ async def control_request(
         raise DiagnosticsError(f"the server closed {path} without answering")
     try:
         answer = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DiagnosticsError(f"the answer on {path} is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # Not JSON, not UTF-8, an integer past 4300 digits, nesting past the
+        # recursion limit: whoever listens on ``path`` is not a triosrv server.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise DiagnosticsError(f"the answer on {path} is not JSON: {reason}") from None
     if not isinstance(answer, dict):
         raise DiagnosticsError(f"the answer on {path} is not a JSON object")
     return answer
