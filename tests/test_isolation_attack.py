@@ -24,6 +24,7 @@ from triosrv.protocols import Echo
 
 from .helpers import connect, receive_until_eof, running_server
 from .test_isolation import assert_still_echoes
+from .test_isolation_inputs import run_listen
 
 # -- handlers that raise a Cancelled no scope will catch -----------------------------
 
@@ -201,3 +202,24 @@ def test_attack_status_renders_any_json_object_or_says_it_cannot(
             assert isinstance(_render(render, doc), str)
         except SystemExit as exc:
             assert exc.code == 1
+
+
+# -- operator input: config files and --check-config ---------------------------------
+
+
+@pytest.mark.parametrize("depth", [600, 5000])
+def test_attack_config_nested_too_deeply_is_one_line(depth: int, tmp_path: Path) -> None:
+    config = tmp_path / "deep.toml"
+    config.write_text("port = " + "[" * depth + "]" * depth + "\n")
+    result = run_listen("--config", str(config), "--check-config")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"error: {config}: not valid TOML: nested too deeply\n"
+
+
+@pytest.mark.parametrize("metrics", ["127.0.0.1:99999", "[::1]:x", "unix:/tmp/m.sock"])
+def test_attack_check_config_refuses_what_listen_refuses(metrics: str, tmp_path: Path) -> None:
+    config = tmp_path / "m.toml"
+    config.write_text(f'metrics = "{metrics}"\n')
+    checked = CliRunner().invoke(main, ["listen", "--config", str(config), "--check-config"])
+    assert checked.exit_code == 2, checked.output
+    assert "--metrics" in checked.output and "Traceback" not in checked.output

@@ -326,13 +326,13 @@ def listen(**opts: Any) -> None:
         # With a config file, one line that names the key, as nginx -t does.
         click.echo(f"error: {message}", err=True)
         sys.exit(2)
+    if options["metrics"] is not None:  # before --check-config says "valid"
+        _check_metrics_option(str(options["metrics"]))
     if opts["check_config"]:
         source = f" (from {opts['config']})" if opts["config"] else ""
         click.echo(f"# triosrv listen: the configuration is valid{source}")
         click.echo(format_options(options))
         return
-    if options["metrics"] is not None:
-        _check_metrics_option(str(options["metrics"]))
     configure_logging(str(options["log-level"]), str(options["log-format"]))
     master = Master(given, opts["config"], options, config, _handler)
     try:

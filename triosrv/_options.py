@@ -207,6 +207,8 @@ def read_config_file(path: str) -> dict[str, object]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # arrays or inline tables nested past Python's limit
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     return check_options(doc, where=path)
 
 
