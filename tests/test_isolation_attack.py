@@ -223,3 +223,40 @@ def test_attack_check_config_refuses_what_listen_refuses(metrics: str, tmp_path:
     checked = CliRunner().invoke(main, ["listen", "--config", str(config), "--check-config"])
     assert checked.exit_code == 2, checked.output
     assert "--metrics" in checked.output and "Traceback" not in checked.output
+
+
+# -- the metrics endpoint: what an HTTP client may send ------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"http://127.0.0.1/metrics", b"HTTP://localhost:9100/metrics?name[]=x", b"/metrics"],
+)
+async def test_attack_metrics_serves_absolute_form_targets(target: bytes) -> None:
+    from triosrv.diagnostics import serve_metrics
+
+    async with running_server() as server, trio.open_nursery() as nursery:
+        url = await nursery.start(serve_metrics, server, "127.0.0.1:0")
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        async with await connect(server) as earlier:
+            async with await trio.open_tcp_stream("127.0.0.1", port) as scraper:
+                await scraper.send_all(
+                    b"GET " + target + b" HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+                )
+                reply = await receive_until_eof(scraper)
+            assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+            assert b"triosrv_state" in reply
+            await assert_still_echoes(earlier)
+        nursery.cancel_scope.cancel()
+
+
+@settings(max_examples=200, deadline=None)
+@given(target=st.binary(max_size=80))
+def test_attack_metrics_request_path_of_any_target(target: bytes) -> None:
+    from triosrv.diagnostics._metrics import _request_path
+
+    path = _request_path(target)
+    assert isinstance(path, bytes) and len(path) <= len(target) + 1
+    assert b"?" not in path
+    if target.startswith(b"/"):
+        assert target.startswith(path)

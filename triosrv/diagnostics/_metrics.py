@@ -178,8 +178,18 @@ def _choose_encoder(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], 
         return choose_encoder("")
 
 
+def _request_path(target: bytes) -> bytes:
+    # origin-form (/metrics?x) or absolute-form (http://host:port/metrics), which
+    # RFC 9112 (3.2.2) says a server must accept, as a proxy in front may send it.
+    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+    scheme, sep, rest = path.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        return b"/" + rest.partition(b"/")[2]
+    return path
+
+
 def _respond(conn: h11.Connection, request: h11.Request, registry: CollectorRegistry) -> bytes:
-    path = request.target.split(b"?", 1)[0]
+    path = _request_path(request.target)
     headers = [("content-type", "text/plain; charset=utf-8")]
     if request.method not in (b"GET", b"HEAD"):
         status, body = 405, b"only GET and HEAD\n"
