@@ -260,3 +260,50 @@ def test_attack_metrics_request_path_of_any_target(target: bytes) -> None:
     assert b"?" not in path
     if target.startswith(b"/"):
         assert target.startswith(path)
+
+
+# -- operator input: numbers are ASCII digits -----------------------------------------
+
+NON_ASCII_NUMBERS = ["\u0668\u0668\u0668\u0668", "\uff18\uff18\uff18\uff18", "8_888", "\u0663"]
+
+
+@pytest.mark.parametrize("value", NON_ASCII_NUMBERS)
+@pytest.mark.parametrize(
+    "option",
+    ["--port", "--workers", "--max-connections", "--backlog", "--recv-size", "--idle-timeout",
+     "--grace", "--min-receive-rate", "--nonblocking-interval"],
+)  # fmt: skip
+def test_attack_listen_numbers_take_ascii_digits_only(option: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["listen", "--check-config", option, value])
+    assert result.exit_code == 2, result.output
+    assert "ASCII digits" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--control", "/nonexistent.sock", "--offset", "\u0663"],
+        ["status", "--control", "/nonexistent.sock", "--limit", "1_0"],
+        ["status", "--control", "/nonexistent.sock", "--drain", "--grace", "nan"],
+        ["listen", "--check-config", "--nonblocking-interval", "nan"],
+        ["listen", "--check-config", "--min-receive-rate-window", "inf"],
+        ["diag", "fds", "--pid", "\u0661"],
+    ],
+)
+def test_attack_cli_numbers_refuse_non_ascii_and_non_finite(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output and "Traceback" not in result.output
+
+
+NUMBERISH = st.characters(categories=["Nd"]) | st.sampled_from("_.-+ e")
+
+
+@settings(max_examples=80, deadline=None)
+@given(value=st.text(alphabet=NUMBERISH, max_size=8))
+def test_attack_port_is_a_number_only_in_ascii_digits(value: str) -> None:
+    result = CliRunner().invoke(main, ["listen", "--check-config", "--port", value])
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 0:
+        digits = value.strip()
+        assert digits.isascii() and digits.isdigit() and int(digits) <= 65535

@@ -67,6 +67,40 @@ from .diagnostics._status import DEFAULT_LIMIT as DEFAULT_STATUS_LIMIT
 from .diagnostics._status import MAX_LIMIT as MAX_STATUS_LIMIT
 
 
+def _refuse_non_ascii_number(
+    value: Any, kind: click.ParamType[Any], param: click.Parameter | None, ctx: click.Context | None
+) -> None:
+    # int() and float() take any Unicode decimal digit and underscores: Arabic-Indic
+    # '\u0668\u0668' is 88, fullwidth digits and '8_888' are numbers too. An
+    # operator's typo must not become a number.
+    if isinstance(value, str) and (not value.isascii() or "_" in value):
+        kind.fail(f"expected a number in ASCII digits, got {value!r}", param, ctx)
+
+
+class IntRange(click.IntRange):
+    """``click.IntRange`` that takes ASCII digits only (see ``_refuse_non_ascii_number``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _refuse_non_ascii_number(value, self, param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class FloatRange(click.FloatRange):
+    """``click.FloatRange`` that takes ASCII digits only and finite numbers (click's
+    range check lets NaN through: every comparison with it is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _refuse_non_ascii_number(value, self, param, ctx)
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return number
+
+
+#: ``type=int`` with ASCII digits only.
+INT = IntRange()
+
+
 class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     """A positive number of seconds, or ``none`` for no limit."""
 
@@ -76,6 +110,7 @@ class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic only in new
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value is None or isinstance(value, float):
             return value
+        _refuse_non_ascii_number(value, self, param, ctx)
         text = str(value).strip().lower()
         if text in ("none", "off", "inf"):
             return None
@@ -118,7 +153,7 @@ def main() -> None:
 @click.option("--host", default=None, help="Shorthand for --bind HOST:PORT (default 127.0.0.1).")
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=IntRange(0, 65535),
     default=None,
     help="Shorthand for --bind HOST:PORT (default 8888); 0 picks a free port.",
 )
@@ -139,7 +174,7 @@ def main() -> None:
 )
 @click.option(
     "--nonblocking-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=ServerConfig().nonblocking_interval,
     show_default=True,
     help="Seconds the nonblocking backend sleeps after a pass in which nothing moved.",
@@ -190,7 +225,7 @@ def main() -> None:
 )
 @click.option(
     "--min-receive-rate-window",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=_DEFAULTS.min_receive_rate_window,
     show_default=True,
     metavar="SECONDS",
@@ -198,7 +233,7 @@ def main() -> None:
 )
 @click.option(
     "--max-connections",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=Limits().max_connections,
     show_default=True,
     help="Connections served at once.",
@@ -212,13 +247,13 @@ def main() -> None:
 )
 @click.option(
     "--backlog",
-    type=click.IntRange(1, 65535),
+    type=IntRange(1, 65535),
     default=None,
     help="Listen backlog (default: the kernel's maximum).",
 )
 @click.option(
     "--recv-size",
-    type=click.IntRange(1, 16 * 1024 * 1024),
+    type=IntRange(1, 16 * 1024 * 1024),
     default=Limits().recv_size,
     show_default=True,
     help="Bytes asked for per receive.",
@@ -281,7 +316,7 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1, max=MAX_WORKERS),
+    type=IntRange(min=1, max=MAX_WORKERS),
     default=None,
     help="Run N worker processes sharing the listening sockets, restarted if they die.",
 )
@@ -401,7 +436,7 @@ def diag() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option(
     "--max-connections",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=Limits().max_connections,
     show_default=True,
     help="The connection count the hints compare the limits against.",
@@ -416,7 +451,7 @@ def diag_system(as_json: bool, max_connections: int) -> None:
 
 
 @diag.command("fds")
-@click.option("--pid", type=int, default=None, help="The process to inspect (default: this one).")
+@click.option("--pid", type=INT, default=None, help="The process to inspect (default: this one).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def diag_fds(pid: int | None, as_json: bool) -> None:
     """A process's open fds from /proc, with TCP addresses and states."""
@@ -449,20 +484,20 @@ def diag_fds(pid: int | None, as_json: bool) -> None:
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=FloatRange(min=0),
     default=None,
     help="With --drain: seconds connections get to finish (default: the server's --grace).",
 )
 @click.option(
     "--offset",
-    type=click.IntRange(min=0),
+    type=IntRange(min=0),
     default=0,
     show_default=True,
     help="List the connections from this one on (by id order).",
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=0, max=MAX_STATUS_LIMIT),
+    type=IntRange(min=0, max=MAX_STATUS_LIMIT),
     default=DEFAULT_STATUS_LIMIT,
     show_default=True,
     help="List at most this many connections (one page of the status).",
@@ -570,14 +605,14 @@ _CHAOS = ChaosConfig()
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=_CHAOS.duration,
     show_default=True,
     help="Seconds each attack lasts.",
 )
 @click.option(
     "--quiet",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=_CHAOS.quiet,
     show_default=True,
     help="Seconds of canary-only traffic before each attack (the baseline).",
@@ -591,41 +626,41 @@ _CHAOS = ChaosConfig()
 )
 @click.option(
     "--connections",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=_CHAOS.connections,
     show_default=True,
     help="Connections held at once by slowloris, slow-reader and idle.",
 )
 @click.option(
     "--flood",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=_CHAOS.flood,
     show_default=True,
     help="Connections the flood opens.",
 )
 @click.option(
     "--churn",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=_CHAOS.churn,
     show_default=True,
     help="Short connections churn opens at most.",
 )
 @click.option(
     "--drip-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=_CHAOS.drip_interval,
     show_default=True,
     help="Seconds between slowloris's bytes.",
 )
 @click.option(
     "--max-p99-ratio",
-    type=click.FloatRange(min=0),
+    type=FloatRange(min=0),
     default=_CHAOS.max_p99_ratio,
     show_default=True,
     help="Fail when the canary's p99 under attack exceeds this many times its quiet p99 "
     "(and 20 ms); 0 turns the check off.",
 )
-@click.option("--seed", type=int, default=_CHAOS.seed, show_default=True, help="Random seed.")
+@click.option("--seed", type=INT, default=_CHAOS.seed, show_default=True, help="Random seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--allow-non-loopback", is_flag=True, help="Allow a target that is not a loopback address."
@@ -746,32 +781,32 @@ def bench() -> None:
 
 @bench.command("load")
 @click.option("--target", required=True, metavar="HOST:PORT", help="A loopback echo server.")
-@click.option("--connections", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--size", type=click.IntRange(min=1), default=64, show_default=True, help="Bytes.")
+@click.option("--connections", type=IntRange(min=1), default=50, show_default=True)
+@click.option("--size", type=IntRange(min=1), default=64, show_default=True, help="Bytes.")
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=3.0,
     show_default=True,
     help="Measured seconds.",
 )
 @click.option(
     "--warmup",
-    type=click.FloatRange(min=0),
+    type=FloatRange(min=0),
     default=0.5,
     show_default=True,
     help="Seconds before measuring.",
 )
 @click.option(
     "--pipeline",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=1,
     show_default=True,
     help="Messages in flight per connection.",
 )
 @click.option(
     "--processes",
-    type=click.IntRange(min=1),
+    type=IntRange(min=1),
     default=1,
     show_default=True,
     help="Generator processes.",
@@ -864,44 +899,42 @@ def bench_threads_vs_tasks_command(connections: str, as_json: bool, plot: str | 
 
 
 @bench.command("reload")
-@click.option(
-    "--reloads", type=click.IntRange(1, 10_000), default=50, show_default=True, help="SIGHUPs."
-)
+@click.option("--reloads", type=IntRange(1, 10_000), default=50, show_default=True, help="SIGHUPs.")
 @click.option(
     "--interval",
-    type=click.FloatRange(0, 60),
+    type=FloatRange(0, 60),
     default=0.5,
     show_default=True,
     help="Seconds between one reload's end and the next SIGHUP.",
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, 1000),
+    type=IntRange(1, 1000),
     default=8,
     show_default=True,
     help="Clients looping connect, echo, close.",
 )
 @click.option(
     "--streams",
-    type=click.IntRange(0, 1000),
+    type=IntRange(0, 1000),
     default=4,
     show_default=True,
     help="Long-lived streaming connections at once (each replaced after --stream-lifetime).",
 )
 @click.option(
     "--stream-lifetime",
-    type=click.FloatRange(0, 3600, min_open=True),
+    type=FloatRange(0, 3600, min_open=True),
     default=2.0,
     show_default=True,
     help="Seconds each stream lives (keep it under --grace).",
 )
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=None, help="Run the server with --workers N."
+    "--workers", type=IntRange(min=1), default=None, help="Run the server with --workers N."
 )
 @click.option("--backend", type=click.Choice(SERVER_BACKENDS), default="trio", show_default=True)
 @click.option(
     "--grace",
-    type=click.FloatRange(0, 3600, min_open=True),
+    type=FloatRange(0, 3600, min_open=True),
     default=120.0,
     show_default=True,
     help="The server's --grace (the first stream lives through the run, up to 0.9 of it).",
@@ -926,20 +959,20 @@ def bench_reload_command(**opts: Any) -> None:
 @bench.command("cpu")
 @click.option(
     "--work-ms",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=3.0,
     show_default=True,
     help="CPU per request.",
 )
-@click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--clients", type=IntRange(min=1), default=4, show_default=True)
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FloatRange(min=0, min_open=True),
     default=3.0,
     show_default=True,
     help="Seconds per mode.",
 )
-@click.option("--warmup", type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option("--warmup", type=FloatRange(min=0), default=0.5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def bench_cpu_command(**opts: Any) -> None:
     """CPU-bound work inline, in a thread, in processes, while a canary echoes."""
