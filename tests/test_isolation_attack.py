@@ -307,3 +307,32 @@ def test_attack_port_is_a_number_only_in_ascii_digits(value: str) -> None:
     if result.exit_code == 0:
         digits = value.strip()
         assert digits.isascii() and digits.isdigit() and int(digits) <= 65535
+
+
+# -- operator input: host names the IDNA codec refuses --------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--host", "x" * 64],
+        ["--bind", "a..b:0"],
+        ["--host", "x" * 100_000],
+        ["--metrics", "y" * 70 + ":9100"],
+    ],
+    ids=["label-64", "empty-label", "huge", "metrics"],
+)
+def test_attack_listen_invalid_host_name_is_one_line(args: list[str]) -> None:
+    result = run_listen(*args)
+    assert result.returncode == 2, result.stderr
+    assert "is not a valid host name" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr) < 1000
+
+
+def test_attack_resolving_an_invalid_host_name_is_a_bind_error() -> None:
+    from triosrv import BindError
+    from triosrv._config import BindSpec
+    from triosrv._listeners import _resolve
+
+    with pytest.raises(BindError, match="not a valid host name"):
+        _resolve(BindSpec("tcp", host="x" * 64, port=0))

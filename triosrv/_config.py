@@ -202,7 +202,19 @@ def parse_bind(text: str) -> BindSpec:
     # [0-9] only: str.isdigit() is true for "²" and int() reads Arabic-Indic digits.
     if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
         raise ConfigError(f"binds: port must be 0..65535, got {port_text!r} in {text!r}")
+    if not text.startswith("["):
+        _check_host_name(host, text)
     return BindSpec("tcp", host=host, port=int(port_text))
+
+
+def _check_host_name(host: str, text: str) -> None:
+    # getaddrinfo() encodes a name with the IDNA codec, which raises UnicodeError (not
+    # an OSError) for a label over 63 characters, an empty label, and the like.
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        reason = str(exc.__cause__ or exc).removeprefix("encoding with 'idna' codec failed ")
+        raise ConfigError(f"binds: {host[:80]!r} is not a valid host name ({reason})") from None
 
 
 def _to_binds(value: Iterable[str] | str) -> tuple[str, ...]:

@@ -105,6 +105,8 @@ def _resolve(spec: BindSpec) -> list[tuple[int, int, int, tuple[object, ...]]]:
         )
     except socket.gaierror as exc:
         raise BindError(errno.EADDRNOTAVAIL, f"cannot bind {spec}: {exc.strerror}") from None
+    except UnicodeError:  # the IDNA codec refused the name (parse_bind checks it too)
+        raise BindError(errno.EADDRNOTAVAIL, f"cannot bind {spec}: not a valid host name") from None
     seen: set[tuple[int, object]] = set()
     out: list[tuple[int, int, int, tuple[object, ...]]] = []
     for family, type_, proto, _name, sockaddr in infos:
