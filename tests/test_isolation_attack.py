@@ -22,7 +22,7 @@ from triosrv._cli import main
 from triosrv._config import BACKENDS
 from triosrv.protocols import Echo
 
-from .helpers import connect, receive_until_eof, running_server
+from .helpers import connect, listen_process, receive_until_eof, running_server
 from .test_isolation import assert_still_echoes
 from .test_isolation_inputs import run_listen
 
@@ -336,3 +336,27 @@ def test_attack_resolving_an_invalid_host_name_is_a_bind_error() -> None:
 
     with pytest.raises(BindError, match="not a valid host name"):
         _resolve(BindSpec("tcp", host="x" * 64, port=0))
+
+
+# -- a control drain's grace reaches --workers ------------------------------------------
+
+
+async def test_attack_control_drain_grace_reaches_workers(tmp_path: Path) -> None:
+    from triosrv.diagnostics import control_request
+
+    control = str(tmp_path / "c.sock")
+    args = ("--workers", "2", "--grace", "30", "--control", control)
+    async with listen_process(*args, ready=b"all 2 workers ready") as server:
+        address = server.logged_value(b"2 workers on ").split()[0]  # tcp://HOST:PORT
+        port = int(address.rsplit(":", 1)[1])
+        async with await trio.open_tcp_stream("127.0.0.1", port) as earlier:
+            await assert_still_echoes(earlier)
+            answer = await control_request(control, {"cmd": "drain", "grace": 0.5})
+            assert answer["grace"] == 0.5
+            # Real time, a subprocess: the connection ends after the drain's 0.5 s,
+            # not the workers' own 30 s, and not by SIGKILL 5 s later.
+            with trio.fail_after(4):
+                assert await receive_until_eof(earlier, timeout=4) == b""
+        assert await server.wait_exit(timeout=10) == 0
+    assert b"did not stop in time" not in server.log
+    assert b"Traceback" not in server.log

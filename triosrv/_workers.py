@@ -137,6 +137,10 @@ class ProcessGeneration:
         self.options = dict(options)
         self._fds = tuple(fds)
         self._grace = math.inf if grace is None else grace
+        # The grace each worker drains within by itself (its --grace); stop() may ask
+        # for less, which _kill_after_grace carries out with a second SIGTERM.
+        self._workers_grace = self._grace
+        self._grace_shortened = trio.Event()
         self._backoff = backoff or Backoff()
         self._start_timeout = start_timeout
         self._slots = [
@@ -161,8 +165,9 @@ class ProcessGeneration:
         """Start the drain: SIGTERM to every worker. Called again, it sends SIGTERM
         again (a second SIGTERM cancels a worker's drain) unless ``again`` is false.
         ``grace`` shortens the kill deadline."""
-        if grace is not None:
-            self._grace = min(self._grace, grace)
+        if grace is not None and grace < self._grace:
+            self._grace = grace
+            self._grace_shortened.set()
         if self._stopping.is_set() and not again:
             return
         if self.state != "failed":
@@ -275,11 +280,23 @@ class ProcessGeneration:
 
     async def _kill_after_grace(self) -> None:
         await self._stopping.wait()
-        while True:  # stop() may shorten the grace while we sleep
+        started = trio.current_time()
+        self._grace_shortened = trio.Event()  # self._grace already says what came before
+        while self.state != "failed":  # stop() may shorten the grace while we wait
             grace = self._grace
-            await trio.sleep(grace + KILL_MARGIN if self.state != "failed" else KILL_MARGIN)
+            with trio.move_on_at(started + grace):
+                await self._grace_shortened.wait()
             if grace == self._grace:
                 break
+            self._grace_shortened = trio.Event()
+        if self.state != "failed" and self._grace < self._workers_grace:
+            # A worker drains within its own --grace; a shorter grace (a control
+            # drain's) ends with a second SIGTERM, which cancels a worker's drain, so
+            # the worker still closes its connections and exits by itself.
+            for running in list(self._procs.values()):
+                if running.returncode is None:
+                    running.send_signal(signal.SIGTERM)
+        await trio.sleep(KILL_MARGIN)
         for slot in self._slots:
             proc = self._procs.get(slot.index)
             if proc is not None and proc.returncode is None:
