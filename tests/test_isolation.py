@@ -526,7 +526,8 @@ async def test_isolation_deadline_keeper_survives_a_connection_that_cannot_stop(
             raise RuntimeError("planted failure")
 
         bad.expire = cannot_stop  # type: ignore[method-assign]
-        await trio.sleep(1.5)  # virtual time (autojump_clock): past the idle timeout
+        # Virtual time: the autojump clock runs past the idle timeout at once.
+        await trio.sleep_until(autojump_clock.current_time() + 1.5)
         # The keeper went on: the good connection's idle timeout fired and closed it.
         assert await good_client.receive_some() == b""
         assert server.statistics().timeouts["idle"] >= 1

@@ -447,7 +447,7 @@ def test_minikv_any_chunking_gives_redis_replies(servers: tuple[int, int]) -> No
                 size = rng.randrange(1, 40)
                 sock.sendall(view[:size])
                 view = view[size:]
-                time.sleep(0.0005 if rng.random() < 0.05 else 0)
+                time.sleep(0.0005 if rng.random() < 0.05 else 0)  # real sleep: split segments
             while not received.endswith(marker):
                 chunk = sock.recv(65536)
                 assert chunk, "closed early"

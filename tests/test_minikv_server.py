@@ -237,9 +237,7 @@ def test_minikv_pipeline_of_big_replies_is_sent_piece_by_piece(backend: str) -> 
         expected = b"$%d\r\n%s\r\n" % (len(value), value)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(encode("GET", "big") * 300 + encode("PING"))
-            # real sleep: a real server process; the client does not read yet, so the
-            # server must hold its replies (nothing to wait on from outside)
-            time.sleep(0.5)
+            time.sleep(0.5)  # real sleep: a real server process must hold unread replies
             received = 0
             tail = b""
             while not tail.endswith(b"+PONG\r\n"):

@@ -97,7 +97,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: int) -> int:
             return int(match.group(2))
         if proc.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # real sleep: polling a subprocess's log file for its ready line
     raise AssertionError(f"no ready line; log:\n{os.pread(log, 1 << 16, 0).decode()}")
 
 
@@ -312,7 +312,7 @@ def _wait_log(log: int, pattern: str, after: int = 0) -> re.Match[str]:
         match = re.compile(pattern).search(os.pread(log, 1 << 20, 0).decode()[after:])
         if match:
             return match
-        time.sleep(0.05)
+        time.sleep(0.05)  # real sleep: polling a subprocess's log file for a line
     raise AssertionError(f"no {pattern!r} in the log:\n{os.pread(log, 1 << 20, 0).decode()}")
 
 
