@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from triosrv._backends import missing_feature  # noqa: E402
 from triosrv._config import BACKENDS  # noqa: E402
-from triosrv._server_processes import (  # noqa: E402  # noqa: E402
+from triosrv._server_processes import (  # noqa: E402
     BASELINE,
     BenchError,
     ServerProcess,

@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -229,6 +230,30 @@ async def test_isolation_control_write_timeout_drops_a_client_that_never_reads(
 # -- 4. the status document is paged, capped and built in steps ---------------------
 
 
+T = TypeVar("T")
+
+
+async def _counting_other_steps(work: Awaitable[T]) -> tuple[T, int]:
+    """Await ``work`` beside a task that counts its own steps: how often the event loop
+    ran something else while ``work`` was in progress (0 if it never yielded)."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    await trio.testing.wait_all_tasks_blocked()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.lowlevel.checkpoint()
+        ticks = 0
+        result = await work
+        nursery.cancel_scope.cancel()
+    return result, ticks
+
+
 async def test_isolation_status_pages_connections_and_yields_while_building() -> None:
     from triosrv.diagnostics._status import CHUNK, build_status_document
 
@@ -238,23 +263,9 @@ async def test_isolation_status_pages_connections_and_yields_while_building() ->
             client, served = trio.testing.memory_stream_pair()
             await server.add_stream(served)
             pairs.append(client)
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await trio.lowlevel.checkpoint()
-
-        await trio.testing.wait_all_tasks_blocked()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ticker)
-            await trio.lowlevel.checkpoint()
-            ticks = 0
-            line = await build_status_document(
-                server, started_at=0, started_wall=0, offset=5, limit=CHUNK * 3
-            )
-            nursery.cancel_scope.cancel()
+        line, ticks = await _counting_other_steps(
+            build_status_document(server, started_at=0, started_wall=0, offset=5, limit=CHUNK * 3)
+        )
         assert ticks >= 3  # other tasks ran while the document was built
         doc = json.loads(line)
         assert doc["connections_total"] == len(pairs) and doc["connections_offset"] == 5
@@ -292,21 +303,7 @@ async def test_isolation_control_status_answer_yields_while_building(endpoint: s
             answerer = MasterControl(master)
         else:
             answerer = ControlEndpoint(server)
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await trio.lowlevel.checkpoint()
-
-        await trio.testing.wait_all_tasks_blocked()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ticker)
-            await trio.lowlevel.checkpoint()
-            ticks = 0
-            line, _after = await answerer.answer(b'{"cmd": "status"}')
-            nursery.cancel_scope.cancel()
+        (line, _after), ticks = await _counting_other_steps(answerer.answer(b'{"cmd": "status"}'))
         # Other tasks ran between the chunks: snapshots and encoding, a chunk at a time.
         assert ticks >= 4, ticks
         doc = json.loads(line)
